@@ -1,0 +1,3 @@
+from framecull.cli import main
+
+raise SystemExit(main())

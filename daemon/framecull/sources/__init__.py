@@ -1,0 +1,74 @@
+"""Sources deliver Frames. One module per kind; `open_source` opens the configured one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+from framecull.config import Config
+from framecull.frame import Frame
+
+log = logging.getLogger("framecull.source")
+
+
+class SourceError(Exception):
+    """The configured source cannot be opened (missing file, empty folder, unknown scene...)."""
+
+
+class Source:
+    """Iterable of Frames in capture order. Subclasses implement `frames()`.
+
+    has_motion_vectors  whether frames carry H.264 motion vectors
+    frame_count         frames the source expects to deliver, when known (progress bars)
+    """
+
+    kind = "source"
+    has_motion_vectors = False
+    frame_count: int | None = None
+
+    def frames(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def throttle(frames: Iterator[Frame], fps: float) -> Iterator[Frame]:
+    """Pass at most `fps` frames per second of capture time (0: all of them)."""
+    if fps <= 0:
+        yield from frames
+        return
+    period = 1.0 / fps
+    next_due = None
+    for frame in frames:
+        if next_due is None or frame.timestamp >= next_due - 1e-6:
+            # Step from the due time, not the frame time, so 12.5 fps -> 5 fps stays 5 fps.
+            next_due = frame.timestamp + period if next_due is None else max(next_due + period, frame.timestamp)
+            yield frame
+
+
+def open_source(config: Config) -> Source:
+    kind, uri, width = config.source.kind, config.source.uri, config.gates.change.width
+    if kind == "folder":
+        from framecull.sources.folder import FolderSource
+
+        return FolderSource(uri, width, fps=config.source.fps)
+    if kind == "file":
+        from framecull.sources.video import VideoFileSource
+
+        return VideoFileSource(uri, width)
+    if kind == "synthetic":
+        from framecull.sources.synthetic import SyntheticSource
+
+        return SyntheticSource(uri or "parking_lot", width)
+    raise SourceError(f"source kind {kind!r} is not available yet in this build")
+
+
+def iter_frames(source: Source, fps: float) -> Iterator[Frame]:
+    return throttle(source.frames(), fps)
