@@ -66,3 +66,10 @@ class Pipeline:
     def reset(self) -> None:
         for gate in self.gates:
             gate.reset()
+
+
+def build_gates(config) -> list[Gate]:
+    """The configured gates, cheapest first."""
+    from framecull.gates.change import ChangeGate
+
+    return [ChangeGate(config.gates.change)]

@@ -1,0 +1,166 @@
+"""framecull command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from framecull.config import EX_CONFIG, Config, ConfigError, load_config, to_toml
+from framecull.pipeline import Decision, Pipeline, build_gates
+from framecull.sources import Source, SourceError, iter_frames, open_source
+from framecull.store import Store
+
+EX_NOINPUT = 66  # sysexits.h: the input (source) does not exist or cannot be read
+
+log = logging.getLogger("framecull")
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.enabled = sys.stderr.isatty()
+        self._last = 0.0
+
+    def update(self, done: int, kept: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        if self.total:
+            filled = int(30 * done / self.total)
+            bar = "#" * filled + "." * (30 - filled)
+            sys.stderr.write(f"\r[{bar}] {done}/{self.total} frames, {kept} kept ")
+        else:
+            sys.stderr.write(f"\r{done} frames, {kept} kept ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
+
+
+def replay(config: Config, source: Source, out: Path, decisions_path: Path | None = None) -> list[Decision]:
+    """Run the exact daemon pipeline over a recorded source, writing kept frames under `out`."""
+    store = Store(out, config.camera, config.store.quality, config.digest())
+    pipeline = Pipeline(build_gates(config), store)
+    decisions: list[Decision] = []
+    progress = Progress(source.frame_count)
+    started = time.perf_counter()
+    if decisions_path:
+        decisions_path.parent.mkdir(parents=True, exist_ok=True)
+    sink = open(decisions_path, "w") if decisions_path else None
+    try:
+        for decision in pipeline.run(iter_frames(source, config.source.fps)):
+            decisions.append(decision)
+            if sink:
+                sink.write(json.dumps(decision.to_json()) + "\n")
+            progress.update(len(decisions), store.saved)
+    finally:
+        progress.close()
+        if sink:
+            sink.close()
+        source.close()
+    _print_summary(decisions, time.perf_counter() - started, store, out)
+    return decisions
+
+
+def _print_summary(decisions: list[Decision], seconds: float, store: Store, out: Path) -> None:
+    dropped = Counter(d.stage for d in decisions if not d.kept)
+    kept = sum(d.kept for d in decisions)
+    rate = len(decisions) / seconds if seconds > 0 else 0.0
+    print(f"frames in: {len(decisions)}")
+    for stage, count in dropped.items():
+        print(f"dropped at {stage}: {count}")
+    print(f"kept: {kept}" + (f" (lost to storage: {store.lost})" if store.lost else ""))
+    print(f"speed: {rate:.1f} frames/s")
+    print(f"kept frames are in {out / 'frames'}")
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path) if path else Config()
+
+
+def _source_for(path: str, config: Config) -> Config:
+    """The config with its source replaced by a recorded folder or video file."""
+    kind = "folder" if Path(path).is_dir() else "file"
+    return config.model_copy(update={"source": config.source.model_copy(update={"kind": kind, "uri": path})})
+
+
+def cmd_check_config(args) -> int:
+    config = load_config(args.file)
+    sys.stdout.write(to_toml(config))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    config = _source_for(args.source, _load(args.config))
+    source = open_source(config)
+    replay(config, source, Path(args.out), Path(args.decisions) if args.decisions else None)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from framecull.contact_sheet import write_contact_sheet
+    from framecull.sources.synthetic import SyntheticSource
+
+    config = _load(args.config)
+    out = Path(args.out)
+    source = SyntheticSource(args.scene, config.gates.change.width)
+    scene = source.scene
+    decisions = replay(config, source, out, out / "decisions.jsonl")
+    kept = [d for d in decisions if d.kept]
+    caught = sum(any(e.start <= d.index <= e.end for d in kept) for e in scene.events)
+    print(f"events in the scene: {len(scene.events)}, with at least one kept frame: {caught}")
+    sheet = write_contact_sheet([Path(d.path) for d in kept], out / "contact_sheet.png")
+    print(f"contact sheet: {sheet}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="framecull", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate a per-camera TOML and print the effective config")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("replay", help="run the pipeline offline over a video file or a folder of images")
+    p.add_argument("source", help="a video file or a folder of images")
+    p.add_argument("--config", help="per-camera TOML (default: built-in defaults)")
+    p.add_argument("--out", default="replay-out", help="where kept frames go (default: %(default)s)")
+    p.add_argument("--decisions", help="write one JSON line per input frame to this file")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("demo", help="replay a synthetic parking lot and show what is kept")
+    p.add_argument("--out", default="demo-out", help="where kept frames go (default: %(default)s)")
+    p.add_argument("--config", help="per-camera TOML (default: built-in defaults)")
+    p.add_argument("--scene", default="parking_lot", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"framecull: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except SourceError as exc:
+        print(f"framecull: {exc}", file=sys.stderr)
+        return EX_NOINPUT
+    except KeyboardInterrupt:
+        return 130

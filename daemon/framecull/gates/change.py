@@ -1,0 +1,164 @@
+"""Change gate: did enough of the (unmasked) picture change since the reference frame?
+
+Per frame, on the small gray analysis plane:
+  blur -> match the brightness histogram to the reference (a global brightness, contrast or
+  gamma change, an IR day/night switch, maps back onto the reference) -> absdiff ->
+  threshold adapted to the measured noise and contrast -> drop masked pixels -> open (removes
+  speckle and thin rain streaks) -> dilate (joins an object's fragments) -> external contours
+  -> sum the areas of contours above min_area -> candidate when the sum reaches min_changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from framecull.config import ChangeConfig
+from framecull.frame import Frame
+from framecull.gates import Gate, Verdict
+
+# Robust spread (IQR / 1.349) of an ordinary daylight scene, in grey levels. The configured
+# threshold applies at this contrast; flatter scenes (night, fog) get a proportionally lower one.
+NORMAL_CONTRAST = 40.0
+MIN_CONTRAST_FACTOR = 0.25
+# The threshold never falls below this many noise sigmas of the frame-to-reference difference.
+NOISE_SIGMAS = 3.5
+# For |N(0, s)| the 25th percentile is 0.3186 s; a low quantile stays a noise measure until
+# three quarters of the frame really changed.
+Q25_OF_ABS_GAUSSIAN = 0.3186
+
+_KERNEL3 = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+
+
+def valid_mask(shape: tuple[int, int], cfg: ChangeConfig) -> np.ndarray:
+    """uint8 plane, 255 where a pixel may count as change: inside the border crop, outside masks.
+
+    Masks are grown by the blur radius so that changes inside a mask (a clock) cannot
+    bleed into the counted pixels through the blur.
+    """
+    h, w = shape
+    top, right, bottom, left = cfg.border
+    masked = np.full((h, w), 255, np.uint8)
+    y0, y1 = round(top * h), h - round(bottom * h)
+    x0, x1 = round(left * w), w - round(right * w)
+    masked[y0:y1, x0:x1] = 0
+    for mask in cfg.masks:
+        points = np.array([[x * (w - 1), y * (h - 1)] for x, y in mask.polygon], np.float32)
+        cv2.fillPoly(masked, [np.round(points).astype(np.int32)], 255)
+    if cfg.blur > 1 and masked.any():
+        grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.blur, cfg.blur))
+        masked = cv2.dilate(masked, grow)
+    return cv2.bitwise_not(masked)
+
+
+def _cdf(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    hist = cv2.calcHist([image], [0], valid, [256], [0, 256]).ravel()
+    cdf = np.cumsum(hist)
+    return cdf / max(cdf[-1], 1.0)
+
+
+def _match_lut(cdf_cur: np.ndarray, cdf_ref: np.ndarray) -> np.ndarray:
+    """Float LUT that maps each grey level of the current frame to the reference level of the
+    same rank (histogram matching, interpolated to avoid quantisation steps)."""
+    mid = (cdf_cur + np.concatenate(([0.0], cdf_cur[:-1]))) / 2
+    ranks = np.concatenate(([0.0], cdf_ref))
+    levels = np.arange(-0.5, 256.0, 1.0)
+    return np.interp(mid, ranks, levels).astype(np.float32)
+
+
+def _spread(cdf: np.ndarray) -> float:
+    q25, q75 = np.searchsorted(cdf, [0.25, 0.75])
+    return float(q75 - q25) / 1.349
+
+
+@dataclass
+class ChangeMeasure:
+    changed: float  # fraction of the frame covered by accepted contours
+    threshold: float  # effective grey-level threshold used
+    noise: float  # sigma of the frame-to-reference difference
+    contours: list  # accepted contours (analysis-plane coordinates)
+    small: list  # contours below min_area
+    first: bool  # no reference yet
+
+
+class ChangeGate(Gate):
+    name = "change"
+
+    def __init__(self, cfg: ChangeConfig) -> None:
+        self.cfg = cfg
+        self._valid: np.ndarray | None = None
+        self._ref: np.ndarray | None = None  # float32 blurred reference
+        self._ref_cdf: np.ndarray | None = None
+        self._ref_spread = NORMAL_CONTRAST
+
+    def reset(self) -> None:
+        self._ref = None
+        self._ref_cdf = None
+
+    def _prepare(self, gray: np.ndarray) -> np.ndarray:
+        if self._valid is None or self._valid.shape != gray.shape:
+            self._valid = valid_mask(gray.shape, self.cfg)
+            self._ref = None
+        if self.cfg.blur > 1:
+            return cv2.GaussianBlur(gray, (self.cfg.blur, self.cfg.blur), 0)
+        return gray
+
+    def _set_reference(self, blurred: np.ndarray) -> None:
+        self._ref = blurred.astype(np.float32)
+        self._ref_cdf = _cdf(blurred, self._valid)
+        self._ref_spread = _spread(self._ref_cdf)
+
+    def measure(self, frame: Frame) -> tuple[ChangeMeasure, np.ndarray]:
+        """The change of `frame` against the reference, and the frame's blurred plane."""
+        blurred = self._prepare(frame.gray)
+        if self._ref is None:
+            return ChangeMeasure(1.0, 0.0, 0.0, [], [], first=True), blurred
+
+        matched = cv2.LUT(blurred, _match_lut(_cdf(blurred, self._valid), self._ref_cdf))
+        diff = cv2.absdiff(matched, self._ref)
+
+        sample = diff[::3, ::3][self._valid[::3, ::3] > 0]
+        k = len(sample) // 4
+        noise = float(np.partition(sample, k)[k]) / Q25_OF_ABS_GAUSSIAN if k else 0.0
+        contrast = min(1.0, max(MIN_CONTRAST_FACTOR, self._ref_spread / NORMAL_CONTRAST))
+        threshold = max(self.cfg.threshold * contrast, NOISE_SIGMAS * noise)
+
+        changed = cv2.compare(diff, threshold, cv2.CMP_GT)
+        changed = cv2.bitwise_and(changed, self._valid)
+        changed = cv2.morphologyEx(changed, cv2.MORPH_OPEN, _KERNEL3)
+        changed = cv2.dilate(changed, _KERNEL3, iterations=2)
+        contours, _ = cv2.findContours(changed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+
+        area = float(changed.shape[0] * changed.shape[1])
+        min_area = self.cfg.min_area * area
+        accepted, small, total = [], [], 0.0
+        for contour in contours:
+            a = cv2.contourArea(contour)
+            if a >= min_area and a > 0:
+                accepted.append(contour)
+                total += a
+            else:
+                small.append(contour)
+        return ChangeMeasure(total / area, threshold, noise, accepted, small, first=False), blurred
+
+    def judge(self, frame: Frame) -> Verdict:
+        m, blurred = self.measure(frame)
+        passed = m.first or m.changed >= self.cfg.min_changed
+        reference = self.cfg.reference
+        if m.first or reference == "previous" or (passed and reference == "last_judged"):
+            self._set_reference(blurred)
+        elif reference == "background":
+            cv2.accumulateWeighted(blurred.astype(np.float32), self._ref, self.cfg.background_rate)
+            self._ref_cdf = _cdf(cv2.convertScaleAbs(self._ref), self._valid)
+            self._ref_spread = _spread(self._ref_cdf)
+        scores = {
+            "changed": round(m.changed, 6),
+            "threshold": round(m.threshold, 2),
+            "noise": round(m.noise, 3),
+            "contours": len(m.contours),
+        }
+        if m.first:
+            scores["first"] = True
+        return Verdict(passed, scores)

@@ -1,0 +1,115 @@
+"""Writes kept frames where a puller takes them: atomically, sidecar first.
+
+<root>/frames/YYYY-MM-DD/<camera>_<UTC time>_<seq>.jpg   the image
+<root>/frames/YYYY-MM-DD/<camera>_<UTC time>_<seq>.json  its sidecar
+<root>/tmp/                                             files being written (never pulled)
+
+Each file is written to tmp/ on the same filesystem, fsynced, then renamed into frames/, so
+an rsync of frames/ at any moment sees whole files only. The sidecar is renamed in before
+its image, so every image a puller sees has its sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+
+from framecull.frame import Frame
+
+log = logging.getLogger("framecull.store")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    def __init__(self, root: str | Path, camera: str, quality: int = 92, config_hash: str = "") -> None:
+        self.root = Path(root)
+        self.frames_dir = self.root / "frames"
+        self.tmp_dir = self.root / "tmp"
+        self.camera = camera
+        self.quality = quality
+        self.config_hash = config_hash
+        self.saved = 0
+        self.lost = 0  # kept frames that could not be written (disk full, read-only, ...)
+        self._seq = 0
+        self._last_error = 0.0
+        self._clean_tmp()
+
+    def _clean_tmp(self) -> None:
+        """Leftovers of a crash in tmp/ are partial by definition; frames/ is never touched."""
+        if self.tmp_dir.is_dir():
+            for leftover in self.tmp_dir.iterdir():
+                try:
+                    leftover.unlink()
+                except OSError as exc:
+                    log.warning("cannot remove leftover %s: %s", leftover, exc)
+
+    def _write_atomic(self, data: bytes, target: Path) -> None:
+        tmp = self.tmp_dir / f"{target.name}.{os.getpid()}.partial"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def save(self, frame: Frame, decision) -> str | None:
+        """Store one kept frame; returns the image path, or None when it could not be written."""
+        when = datetime.fromtimestamp(frame.timestamp, timezone.utc)
+        self._seq += 1
+        day_dir = self.frames_dir / when.strftime("%Y-%m-%d")
+        stem = f"{self.camera}_{when.strftime('%Y%m%dT%H%M%S.%fZ')}_{self._seq:06d}"
+        image_path, sidecar_path = day_dir / f"{stem}.jpg", day_dir / f"{stem}.json"
+        sidecar = {
+            "camera": self.camera,
+            "time": when.isoformat().replace("+00:00", "Z"),
+            "timestamp": frame.timestamp,
+            "index": frame.index,
+            "image": image_path.name,
+            "width": frame.image.shape[1],
+            "height": frame.image.shape[0],
+            "stage": decision.stage,
+            "scores": decision.scores,
+            "config": self.config_hash,
+        }
+        try:
+            ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            if not ok:
+                raise ValueError("JPEG encoding failed")
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            day_dir.mkdir(parents=True, exist_ok=True)
+            self._write_atomic(json.dumps(sidecar, indent=1).encode(), sidecar_path)
+            try:
+                self._write_atomic(jpeg.tobytes(), image_path)
+            except BaseException:
+                sidecar_path.unlink(missing_ok=True)
+                raise
+            _fsync_dir(day_dir)
+        except (OSError, ValueError) as exc:
+            self.lost += 1
+            self._log_error(f"frame {frame.index} lost to storage ({self.lost} lost so far): {exc}")
+            return None
+        self.saved += 1
+        return str(image_path)
+
+    def _log_error(self, message: str) -> None:
+        # A full disk fails every write; one line a minute is enough for the journal.
+        now = time.monotonic()
+        if now - self._last_error >= 60.0 or self.lost == 1:
+            log.error(message)
+            self._last_error = now

@@ -1,0 +1,52 @@
+"""Small generated pictures and real H.264 files for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+
+def textured_background(seed: int = 0, height: int = 360, width: int = 640) -> np.ndarray:
+    """A float32 gray scene with fine texture, broad shading and a white line (0..255)."""
+    rng = np.random.default_rng(seed)
+    scene = cv2.GaussianBlur(rng.normal(110, 25, (height, width)).astype(np.float32), (0, 0), 2.0)
+    scene += cv2.resize(rng.normal(0, 30, (9, 16)).astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    cv2.rectangle(scene, (width // 12, height * 5 // 9), (width * 15 // 16, height * 5 // 9 + 5), 230, -1)
+    return scene
+
+
+def with_car(scene: np.ndarray, x: int = 300, y: int = 230, w: int = 90, h: int = 45, value: float = 40) -> np.ndarray:
+    """The scene with a car-sized dark block (about 1.8% of a 640x360 frame)."""
+    out = scene.copy()
+    cv2.rectangle(out, (x, y), (x + w, y + h), value, -1)
+    cv2.rectangle(out, (x + 15, y + 8), (x + w - 15, y + 20), value + 60, -1)
+    return out
+
+
+def to_bgr(scene: np.ndarray, rng: np.random.Generator, noise: float = 2.0, gain: float = 1.0,
+           jpeg: int | None = None) -> np.ndarray:
+    """Render a gray scene as a camera would: gain, sensor noise, 8 bits, optional JPEG."""
+    pixels = scene * gain + rng.normal(0.0, noise, scene.shape)
+    bgr = cv2.cvtColor(np.clip(pixels, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    if jpeg is not None:
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg])
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return bgr
+
+
+def encode_h264(path: Path, images: list[np.ndarray], fps: int = 10) -> Path:
+    """Encode BGR images to a real H.264 MP4 with PyAV (libx264)."""
+    h, w = images[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "20"}
+        for image in images:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
