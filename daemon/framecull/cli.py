@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from framecull.config import EX_CONFIG, Config, ConfigError, load_config, to_toml
@@ -46,7 +47,25 @@ class Progress:
             sys.stderr.write("\r\033[K")
 
 
-def replay(config: Config, source: Source, out: Path, decisions_path: Path | None = None) -> list[Decision]:
+@dataclass
+class ReplayResult:
+    decisions: list[Decision]
+    seconds: float
+    lost: int  # kept frames the store could not write
+
+    def summary(self, out: Path) -> str:
+        dropped = Counter(d.stage for d in self.decisions if not d.kept)
+        kept = sum(d.kept for d in self.decisions)
+        rate = len(self.decisions) / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"frames in: {len(self.decisions)}"]
+        lines += [f"dropped at {stage}: {count}" for stage, count in dropped.items()]
+        lines.append(f"kept: {kept}" + (f" (lost to storage: {self.lost})" if self.lost else ""))
+        lines.append(f"speed: {rate:.1f} frames/s")
+        lines.append(f"kept frames are in {out / 'frames'}")
+        return "\n".join(lines)
+
+
+def replay(config: Config, source: Source, out: Path, decisions_path: Path | None = None) -> ReplayResult:
     """Run the exact daemon pipeline over a recorded source, writing kept frames under `out`."""
     store = Store(out, config.camera, config.store.quality, config.digest())
     pipeline = Pipeline(build_gates(config), store)
@@ -67,20 +86,7 @@ def replay(config: Config, source: Source, out: Path, decisions_path: Path | Non
         if sink:
             sink.close()
         source.close()
-    _print_summary(decisions, time.perf_counter() - started, store, out)
-    return decisions
-
-
-def _print_summary(decisions: list[Decision], seconds: float, store: Store, out: Path) -> None:
-    dropped = Counter(d.stage for d in decisions if not d.kept)
-    kept = sum(d.kept for d in decisions)
-    rate = len(decisions) / seconds if seconds > 0 else 0.0
-    print(f"frames in: {len(decisions)}")
-    for stage, count in dropped.items():
-        print(f"dropped at {stage}: {count}")
-    print(f"kept: {kept}" + (f" (lost to storage: {store.lost})" if store.lost else ""))
-    print(f"speed: {rate:.1f} frames/s")
-    print(f"kept frames are in {out / 'frames'}")
+    return ReplayResult(decisions, time.perf_counter() - started, store.lost)
 
 
 def _load(path: str | None) -> Config:
@@ -102,7 +108,8 @@ def cmd_check_config(args) -> int:
 def cmd_replay(args) -> int:
     config = _source_for(args.source, _load(args.config))
     source = open_source(config)
-    replay(config, source, Path(args.out), Path(args.decisions) if args.decisions else None)
+    out = Path(args.out)
+    print(replay(config, source, out, Path(args.decisions) if args.decisions else None).summary(out))
     return 0
 
 
@@ -114,8 +121,9 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     source = SyntheticSource(args.scene, config.gates.change.width)
     scene = source.scene
-    decisions = replay(config, source, out, out / "decisions.jsonl")
-    kept = [d for d in decisions if d.kept]
+    result = replay(config, source, out, out / "decisions.jsonl")
+    print(result.summary(out))
+    kept = [d for d in result.decisions if d.kept]
     caught = sum(any(e.start <= d.index <= e.end for d in kept) for e in scene.events)
     print(f"events in the scene: {len(scene.events)}, with at least one kept frame: {caught}")
     sheet = write_contact_sheet([Path(d.path) for d in kept], out / "contact_sheet.png")

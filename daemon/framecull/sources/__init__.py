@@ -45,11 +45,13 @@ def throttle(frames: Iterator[Frame], fps: float) -> Iterator[Frame]:
         yield from frames
         return
     period = 1.0 / fps
-    next_due = None
+    due = None
     for frame in frames:
-        if next_due is None or frame.timestamp >= next_due - 1e-6:
-            # Step from the due time, not the frame time, so 12.5 fps -> 5 fps stays 5 fps.
-            next_due = frame.timestamp + period if next_due is None else max(next_due + period, frame.timestamp)
+        if due is None or frame.timestamp >= due - 1e-6:
+            # Step from the due time, not the frame time, so 12.5 fps -> 5 fps stays 5 fps;
+            # after a gap (a stalled camera) start again from the frame.
+            due = frame.timestamp if due is None or frame.timestamp - due > period else due
+            due += period
             yield frame
 
 

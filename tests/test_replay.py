@@ -1,0 +1,122 @@
+"""The whole pipeline through the CLI: real files in, decisions and kept frames out."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from framecull.config import Config
+from framecull.frame import Frame
+from framecull.gates.change import ChangeGate
+from framecull.pipeline import Pipeline
+from scenes import encode_h264, textured_background, to_bgr, with_car
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "framecull", *args], capture_output=True, text=True, timeout=300)
+
+
+def read_decisions(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def car_clip(tmp_path: Path) -> tuple[Path, list[range]]:
+    """20 quiet frames, a car drives in (10), parks (30 quiet), drives off (10), 30 quiet."""
+    rng = np.random.default_rng(3)
+    scene = textured_background(height=240, width=320)
+    xs = list(range(-40, 160, 20)) + [160] * 30 + list(range(180, 380, 20))
+    images = [to_bgr(scene, rng) for _ in range(20)]
+    images += [to_bgr(with_car(scene, x=x, y=120, w=60, h=30), rng) for x in xs]
+    images += [to_bgr(scene, rng) for _ in range(30)]
+    events = [range(20, 31), range(60, 71)]
+    return encode_h264(tmp_path / "car.mp4", images, fps=10), events
+
+
+def test_replay_writes_one_decision_per_frame_and_the_kept_frames(tmp_path):
+    clip, events = car_clip(tmp_path)
+    out, log = tmp_path / "out", tmp_path / "decisions.jsonl"
+    result = run_cli("replay", str(clip), "--out", str(out), "--decisions", str(log))
+    assert result.returncode == 0, result.stderr
+    decisions = read_decisions(log)
+    assert [d["index"] for d in decisions] == list(range(100))
+    assert all({"index", "kept", "stage", "scores"} <= d.keys() for d in decisions)
+    kept = [d for d in decisions if d["kept"]]
+    for d in kept:
+        assert Path(d["path"]).is_file() and Path(d["path"]).with_suffix(".json").is_file()
+    assert len(list((out / "frames").rglob("*.jpg"))) == len(kept)
+    kept_indices = {d["index"] for d in kept}
+    for event in events:
+        assert kept_indices & set(event), f"nothing kept of the event at frames {event}"
+    # Quiet stretches: only the first frame after an event (the new state) may pass.
+    for quiet in (range(1, 20), range(32, 60), range(72, 100)):
+        assert len(kept_indices & set(quiet)) <= 1, sorted(kept_indices & set(quiet))
+    dropped = [d for d in decisions if not d["kept"]]
+    assert dropped and all(d["stage"] == "change" and "changed" in d["scores"]["change"] for d in dropped)
+    assert f"frames in: 100" in result.stdout and f"kept: {len(kept)}" in result.stdout
+    assert "frames/s" in result.stdout
+
+
+def test_replay_of_a_folder_with_a_corrupt_image_finishes(tmp_path):
+    rng = np.random.default_rng(0)
+    scene = textured_background(height=120, width=160)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), to_bgr(with_car(scene, x=10 * i, y=40, w=30, h=15), rng))
+    (folder / "003.jpg").write_bytes(b"\xff\xd8 truncated")
+    log = tmp_path / "d.jsonl"
+    result = run_cli("replay", str(folder), "--out", str(tmp_path / "out"), "--decisions", str(log))
+    assert result.returncode == 0, result.stderr
+    assert "003.jpg" in result.stderr and "WARNING" in result.stderr
+    assert [d["index"] for d in read_decisions(log)] == [0, 1, 2, 4, 5]
+
+
+def test_replay_of_a_missing_source_is_a_clear_error(tmp_path):
+    result = run_cli("replay", str(tmp_path / "nothing.mp4"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 66
+    assert "nothing.mp4" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_frame_the_store_cannot_write_is_not_kept():
+    class FullDisk:
+        def save(self, frame, decision):
+            return None
+
+    scene = textured_background(height=120, width=160)
+    f = Frame.from_bgr(0, 0.0, to_bgr(scene, np.random.default_rng(0)), 160)
+    decision = Pipeline([ChangeGate(Config().gates.change)], FullDisk()).judge(f)
+    assert decision.kept is False and decision.stage == "store" and decision.path is None
+
+
+# Rough visits (frame ranges) from shared/testdata/SOURCES.md.
+CLIPS = {
+    "intel_car-detection.mp4": [(57, 110), (188, 236), (316, 372)],
+    "intel_one-by-one-person-detection.mp4": [(60, 90), (179, 250), (432, 460), (503, 540), (677, 710),
+                                              (742, 780), (847, 877), (925, 950), (1178, 1270), (1339, 1370)],
+    "bgslibrary_video.avi": [(59, 86), (104, 156), (197, 216), (290, 316)],
+}
+
+
+@pytest.mark.parametrize("clip", sorted(CLIPS))
+def test_real_clips_keep_every_visit_and_fewer_frames_than_the_input(testdata, tmp_path, clip):
+    log = tmp_path / "d.jsonl"
+    result = run_cli("replay", str(testdata / "videos" / clip), "--out", str(tmp_path / "out"), "--decisions", str(log))
+    assert result.returncode == 0, result.stderr
+    decisions = read_decisions(log)
+    kept = {d["index"] for d in decisions if d["kept"]}
+    for start, end in CLIPS[clip]:
+        assert kept & set(range(start, end + 1)), f"{clip}: visit {start}-{end} has no kept frame"
+    assert len(kept) < 0.75 * len(decisions)
+    print(f"{clip}: {len(decisions)} frames, {len(kept)} kept")
+
+
+def test_busy_highway_clip_ends_cleanly_at_its_truncation(testdata, tmp_path):
+    log = tmp_path / "d.jsonl"
+    result = run_cli("replay", str(testdata / "videos" / "bgslibrary_video02.avi"), "--out", str(tmp_path / "o"),
+                     "--decisions", str(log))
+    assert result.returncode == 0, result.stderr
+    assert len(read_decisions(log)) == 748
