@@ -11,8 +11,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+
 from framecull.config import EX_CONFIG, Config, ConfigError, load_config, to_toml
-from framecull.pipeline import Decision, Pipeline, build_gates
+from framecull.pipeline import Decision, build_pipeline
 from framecull.sources import Source, SourceError, iter_frames, open_source
 from framecull.store import Store
 
@@ -67,8 +69,11 @@ class ReplayResult:
 
 def replay(config: Config, source: Source, out: Path, decisions_path: Path | None = None) -> ReplayResult:
     """Run the exact daemon pipeline over a recorded source, writing kept frames under `out`."""
+    if (out / "memory.sqlite").exists() and config.gates.novelty.enabled:
+        log.warning("%s already holds the memory of an earlier run: frames like those it kept will not be "
+                    "kept again (use a new --out to start afresh)", out)
     store = Store(out, config.camera, config.store.quality, config.digest())
-    pipeline = Pipeline(build_gates(config), store)
+    pipeline = build_pipeline(config, store, memory_root=out)
     decisions: list[Decision] = []
     progress = Progress(source.frame_count)
     started = time.perf_counter()
@@ -82,6 +87,7 @@ def replay(config: Config, source: Source, out: Path, decisions_path: Path | Non
                 sink.write(json.dumps(decision.to_json()) + "\n")
             progress.update(len(decisions), store.saved)
     finally:
+        pipeline.close()
         progress.close()
         if sink:
             sink.close()
@@ -131,6 +137,51 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _memory_root(args, config: Config) -> Path:
+    return Path(args.root) if args.root else config.store_root
+
+
+def cmd_memory(args) -> int:
+    import sqlite3
+
+    from framecull.gates.novelty import load_embedder
+    from framecull.memory import Memory, ModelMismatch
+
+    config = _load(args.config)
+    root = _memory_root(args, config)
+    if not (root / "memory.sqlite").exists():
+        raise SourceError(f"no memory at {root} (memory.sqlite not found)")
+    embedder = load_embedder(config.gates.novelty)
+    novelty = config.gates.novelty
+    if args.action == "rebuild":
+        # Re-embed, with the configured model, every kept frame whose image is still on disk;
+        # frames the server already pulled away cannot be re-embedded and are forgotten.
+        with sqlite3.connect(root / "memory.sqlite") as db:
+            rows = db.execute("SELECT time, file, threshold FROM kept ORDER BY id").fetchall()
+        memory = Memory(root, embedder.sha256, embedder.dim, novelty.capacity, novelty.forget_after, rebuild=True)
+        with memory:
+            if len(memory) == 0:
+                for time_, file, threshold in rows:
+                    image = cv2.imread(str(root / file)) if file else None
+                    if image is not None:
+                        memory.add(embedder.embed(image), time_, file, threshold, None)
+            print(f"memory at {root}: {len(memory)} frames for model {embedder.sha256[:12]} "
+                  f"({len(rows) - len(memory)} of {len(rows)} forgotten: their images are gone)")
+        return 0
+    try:
+        memory = Memory(root, embedder.sha256, embedder.dim, novelty.capacity, novelty.forget_after)
+    except ModelMismatch as exc:
+        raise ConfigError(f"gates.novelty.model: {exc}") from None
+    with memory:
+        if args.action == "stats":
+            for key, value in memory.stats().items():
+                print(f"{key}: {value}")
+        else:
+            count = memory.export(Path(args.out))
+            print(f"exported {count} kept frames to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="framecull", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
@@ -152,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="per-camera TOML (default: built-in defaults)")
     p.add_argument("--scene", default="parking_lot", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("memory", help="the memory of kept frames: stats, rebuild (after a model change), export")
+    p.add_argument("action", choices=["stats", "rebuild", "export"])
+    p.add_argument("--config", help="per-camera TOML (its store root and novelty model)")
+    p.add_argument("--root", help="the store root holding memory.sqlite (default: from the config)")
+    p.add_argument("--out", default="memory-export.npz", help="export: the .npz to write (default: %(default)s)")
+    p.set_defaults(func=cmd_memory)
     return parser
 
 
@@ -162,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it narrates its CPU probing at INFO
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -85,10 +85,46 @@ class ChangeConfig(Section):
         return v
 
 
+class ModelInputConfig(Section):
+    """How to feed a bring-your-own model: x = (pixel * scale - mean) / std, per channel."""
+
+    name: str = ""  # "" = the graph's only input
+    width: int = Field(0, ge=0, le=4096)  # 0 = from the graph's input shape
+    height: int = Field(0, ge=0, le=4096)
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    dtype: Literal["", "float32", "float16"] = ""  # "" = from the graph
+    color: Literal["BGR", "RGB"] = "BGR"
+    scale: float = Field(1.0, gt=0.0)
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: tuple[float, float, float]) -> tuple:
+        if min(v) <= 0:
+            raise ValueError("every std must be > 0")
+        return v
+
+
 class NoveltyConfig(Section):
     enabled: bool = True
-    model: str = "default"  # "default" or a path to an .onnx file
-    min_distance: float = Field(0.05, ge=0.0, le=2.0)  # cosine distance to the nearest kept frame
+    model: str = "default"  # "default" (shipped) or a path to an .onnx file
+    output: str = ""  # tensor to read: a graph output or an internal tensor; "" = first output
+    grid: tuple[int, int] = (0, 0)  # (cols, rows) of a grid embedding; (0, 0) = from the model
+    min_distance: float = Field(0.05, ge=0.0, le=2.0)  # whole-frame cosine distance to the nearest kept frame
+    region: bool = True  # also compare grid cells, so a small new object counts
+    min_region_distance: float = Field(0.3, ge=0.0, le=2.0)  # mean distance of the most-changed cells
+    region_cells: int = Field(3, ge=1, le=64)  # how many of the most-changed cells are averaged
+    neighbours: int = Field(5, ge=1, le=64)  # kept frames compared cell by cell
+    min_interval: Duration = 1.0  # during an event, at most one frame per this many seconds
+    capacity: int = Field(100_000, ge=1)  # kept frames remembered; the oldest are forgotten first
+    forget_after: Duration = 0.0  # forget kept frames older than this ("30d"); 0 = never
+    input: ModelInputConfig = Field(default_factory=ModelInputConfig)
+
+    @field_validator("min_interval", "forget_after", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        return parse_duration(v)
 
 
 class GatesConfig(Section):

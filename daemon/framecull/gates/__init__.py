@@ -1,8 +1,9 @@
 """Gates: each answers one question about a frame and knows nothing of the others.
 
 A gate has a `name` (the stage written in decisions) and `judge(frame) -> Verdict`.
-`on_kept(frame)` tells it the pipeline stored the frame (the novelty gate remembers only
-what was really kept); `reset()` forgets per-stream state such as a reference frame.
+`on_kept(frame, path)` tells it the pipeline stored the frame (the novelty gate remembers only
+what was really kept); `reset()` forgets per-stream state such as a reference frame;
+`close()` releases what the gate holds (the novelty gate saves its index).
 """
 
 from __future__ import annotations
@@ -24,8 +25,11 @@ class Gate:
     def judge(self, frame: Frame) -> Verdict:
         raise NotImplementedError
 
-    def on_kept(self, frame: Frame) -> None:
+    def on_kept(self, frame: Frame, path: str | None) -> None:
         pass
 
     def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass

@@ -1,0 +1,119 @@
+"""Novelty gate: is this frame far from EVERY frame kept before?
+
+The frame is embedded (ONNX), FAISS finds the nearest kept frames on the whole vector, and the
+frame is novel when either
+  - its whole-frame cosine distance to the nearest kept frame exceeds `min_distance`, or
+  - (region-aware, grid models) against each of the `neighbours` nearest kept frames, the mean
+    distance of its `region_cells` most-changed grid cells exceeds `min_region_distance`:
+    a new car in one bay of a large lot barely moves the whole vector but changes a few cells.
+    Averaging several cells keeps one noisy cell from making a frame novel.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from framecull.config import ConfigError, NoveltyConfig
+from framecull.embedder import Embedder, ModelSpec, cell_distances, default_model_spec
+from framecull.frame import Frame
+from framecull.gates import Gate, Verdict
+from framecull.memory import Memory
+
+PENDING_LIMIT = 256  # embeddings of recent candidates awaiting the pacing decision
+
+
+def model_spec(cfg: NoveltyConfig) -> ModelSpec:
+    if cfg.model == "default":
+        return default_model_spec()
+    i = cfg.input
+    return ModelSpec(
+        path=Path(cfg.model),
+        input_name=i.name or None,
+        size=(i.width, i.height) if i.width and i.height else None,
+        layout=i.layout,
+        dtype=i.dtype or None,
+        color=i.color,
+        scale=i.scale,
+        mean=i.mean,
+        std=i.std,
+        output=cfg.output or None,
+        grid=cfg.grid if all(cfg.grid) else None,
+    )
+
+
+def load_embedder(cfg: NoveltyConfig) -> Embedder:
+    try:
+        return Embedder(model_spec(cfg))
+    except ValueError as exc:
+        raise ConfigError(f"gates.novelty.model: {exc}") from None
+
+
+def top_cells_mean(distances: np.ndarray, count: int) -> float:
+    flat = distances.ravel()
+    count = min(count, flat.size)
+    return float(np.partition(flat, flat.size - count)[-count:].mean())
+
+
+class NoveltyGate(Gate):
+    name = "novelty"
+
+    def __init__(self, cfg: NoveltyConfig, embedder: Embedder, memory: Memory) -> None:
+        self.cfg = cfg
+        self.embedder = embedder
+        self.memory = memory
+        self._pending: dict[int, tuple[np.ndarray, tuple[int, float] | None]] = {}
+
+    def judge(self, frame: Frame) -> Verdict:
+        vector = self.embedder.embed(frame.image)
+        region = self.cfg.region and self.embedder.grid is not None
+        neighbours = self.memory.search(vector, k=self.cfg.neighbours if region else 1)
+        self._remember_pending(frame.index, vector, neighbours[0] if neighbours else None)
+        if not neighbours:
+            return Verdict(True, {"distance": None, "region": None, "nearest": None, "score": 1e9})
+        nearest, distance = neighbours[0]
+        region_distance = None
+        if region:
+            kept_vectors = self.memory.get_vectors([i for i, _ in neighbours])
+            region_distance = min(
+                top_cells_mean(cell_distances(vector, kept, self.embedder.grid), self.cfg.region_cells)
+                for kept in kept_vectors
+            )
+        # How far past its threshold each measure is; pacing keeps the frame with the largest.
+        score = distance / max(self.cfg.min_distance, 1e-9)
+        if region_distance is not None:
+            score = max(score, region_distance / max(self.cfg.min_region_distance, 1e-9))
+        novel = distance > self.cfg.min_distance or (
+            region_distance is not None and region_distance > self.cfg.min_region_distance
+        )
+        return Verdict(novel, {
+            "distance": round(distance, 5),
+            "region": None if region_distance is None else round(region_distance, 5),
+            "nearest": nearest,
+            "score": round(score, 4),
+        })
+
+    def _remember_pending(self, index: int, vector: np.ndarray, nearest) -> None:
+        if len(self._pending) >= PENDING_LIMIT:
+            self._pending.pop(next(iter(self._pending)))
+        self._pending[index] = (vector, nearest)
+
+    def on_kept(self, frame: Frame, path: str | None) -> None:
+        vector, nearest = self._pending.pop(frame.index, (None, None))
+        if vector is None:  # kept without being judged here (novelty came after a restart)
+            vector = self.embedder.embed(frame.image)
+        self.memory.add(vector, frame.timestamp, self._relative(path), self.cfg.min_distance, nearest)
+        self.memory.evict(frame.timestamp)
+
+    def _relative(self, path: str | None) -> str:
+        """The image path relative to the memory's root (the store root), as the memory records it."""
+        if not path:
+            return ""
+        try:
+            return str(Path(path).resolve().relative_to(self.memory.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    def close(self) -> None:
+        self.memory.close()
