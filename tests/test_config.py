@@ -26,10 +26,11 @@ def test_example_config_is_valid_and_documents_every_key():
     text = EXAMPLE.read_text()
     for section, model in [("source", config.source), ("gates.motion_vectors", config.gates.motion_vectors),
                            ("gates.change", config.gates.change), ("gates.novelty", config.gates.novelty),
+                           ("gates.novelty.input", config.gates.novelty.input),
                            ("store", config.store), ("service", config.service)]:
         assert f"[{section}]" in text
         for key in type(model).model_fields:
-            documented = f"\n{key} =" in text or f"[[{section}.{key}]]" in text
+            documented = f"\n{key} =" in text or f"[[{section}.{key}]]" in text or f"[{section}.{key}]" in text
             assert documented, f"{section}.{key} is not in the example"
 
 

@@ -88,7 +88,7 @@ def test_a_frame_the_store_cannot_write_is_not_kept():
 
     scene = textured_background(height=120, width=160)
     f = Frame.from_bgr(0, 0.0, to_bgr(scene, np.random.default_rng(0)), 160)
-    decision = Pipeline([ChangeGate(Config().gates.change)], FullDisk()).judge(f)
+    [decision] = Pipeline([ChangeGate(Config().gates.change)], FullDisk()).run([f])
     assert decision.kept is False and decision.stage == "store" and decision.path is None
 
 

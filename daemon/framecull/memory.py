@@ -1,0 +1,316 @@
+"""The memory of kept frames: SQLite is the truth, a FAISS index is a cache of it.
+
+root/memory.sqlite  one row per kept frame: time, file, float16 embedding, the model that made
+                    it, the threshold in force, the nearest kept frame at the time
+root/index.faiss    the same embeddings for fast nearest-neighbour search; rebuilt from SQLite
+                    whenever it is missing, unreadable or does not hold exactly SQLite's rows
+
+The index is an IndexIDMap2 (ids = SQLite row ids) over an exhaustive inner-product index that
+stores float16 (IndexScalarQuantizer QT_fp16). SQLite already keeps float16, so this loses
+nothing, and it halves the RAM of IndexFlatIP (100k x 528-d: 106 MB instead of 211 MB) and
+searches faster, memory bandwidth being the bottleneck. Vectors are L2-normalised, so inner
+product = cosine similarity and the distance reported is 1 - inner product, in [0, 2].
+
+Each change commits to SQLite first, then touches the index in memory; the index file is only
+written by save(). A crash at any moment therefore loses nothing that was committed: at the next
+start the index file disagrees with SQLite and is rebuilt from it.
+
+Threading: one writer thread owns a Memory (the pipeline's), and only one process opens a root
+at a time. No locks are taken; FAISS runs single-threaded.
+
+synchronous=FULL: a commit is fsynced before add() returns, so a kept frame is remembered even
+across a power cut (common on battery or badly powered Pis). Commits happen once per kept frame,
+a few per minute at most, so the extra fsync costs nothing that matters. NORMAL would survive a
+process crash but could forget the last frames on power loss, and the daemon would then keep
+them again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from typing import Iterable
+
+import faiss
+import numpy as np
+
+log = logging.getLogger("framecull.memory")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kept (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after eviction or a rebuild
+    time REAL NOT NULL,                    -- capture time, seconds since the epoch
+    file TEXT NOT NULL,                    -- the stored image, relative to the store root
+    embedding BLOB NOT NULL,               -- float16 little-endian, dim values, L2-normalised
+    model TEXT NOT NULL,                   -- sha256 of the model file that made the embedding
+    threshold REAL NOT NULL,               -- min_distance in force when the frame was kept
+    nearest_id INTEGER,                    -- nearest kept frame at that time, if any
+    nearest_distance REAL
+);
+CREATE INDEX IF NOT EXISTS kept_time ON kept (time);
+"""
+REBUILD_BATCH = 10_000  # rows per step when rebuilding, so memory use stays near the index size
+INDEX_FILE = "index.faiss"
+FP16 = faiss.ScalarQuantizer.QT_fp16
+
+
+class ModelMismatch(Exception):
+    """The memory was built with another embedding model than the one configured."""
+
+
+class Memory:
+    def __init__(self, root: Path, model_sha256: str, dim: int, capacity: int = 100_000,
+                 forget_after: float = 0.0, rebuild: bool = False) -> None:
+        if dim < 1 or capacity < 1 or forget_after < 0:
+            raise ValueError("dim and capacity must be positive and forget_after not negative")
+        self.root = Path(root)
+        self.model_sha256 = model_sha256
+        self.dim = dim
+        self.capacity = capacity
+        self.forget_after = forget_after
+        self.index_path = self.root / INDEX_FILE
+        self.root.mkdir(parents=True, exist_ok=True)
+        faiss.omp_set_num_threads(1)
+
+        self._db = sqlite3.connect(self.root / "memory.sqlite", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._db:
+            self._db.executescript(SCHEMA)
+        self._check_model(rebuild)
+        self._remove_stale_temp_files()
+        self._dirty = False
+        self._index = self._load_index()
+
+    # -- opening -------------------------------------------------------------------------
+
+    def _check_model(self, rebuild: bool) -> None:
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        recorded = meta.get("model_sha256")
+        recorded_dim = int(meta.get("dim", 0))
+        if recorded is not None and (recorded, recorded_dim) != (self.model_sha256, self.dim):
+            if not rebuild:
+                raise ModelMismatch(
+                    f"{self.root}: the memory was built with model {recorded} (dim {recorded_dim}), "
+                    f"but the configured model is {self.model_sha256} (dim {self.dim}). Embeddings of "
+                    "different models cannot be compared. Run `framecull memory rebuild` to start a new "
+                    "memory for the configured model: it forgets the frames kept so far (their images "
+                    "may already have been pulled away, so their embeddings cannot be recomputed).")
+            count = self._db.execute("SELECT COUNT(*) FROM kept").fetchone()[0]
+            log.warning("%s: rebuilding the memory for model %s: forgetting %d frames kept with model %s",
+                        self.root, self.model_sha256, count, recorded)
+            # the old index first: a crash after this leaves old rows and no index, still consistent
+            self.index_path.unlink(missing_ok=True)
+            with self._db:
+                self._db.execute("DELETE FROM kept")
+        with self._db:
+            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                 [("schema", "1"), ("model_sha256", self.model_sha256), ("dim", str(self.dim))])
+
+    def _remove_stale_temp_files(self) -> None:
+        for path in self.root.glob(INDEX_FILE + ".tmp*"):  # a save() that was interrupted
+            path.unlink(missing_ok=True)
+
+    def _load_index(self) -> faiss.IndexIDMap2:
+        rows = self._db.execute("SELECT COUNT(*) FROM kept").fetchone()[0]
+        if self.index_path.exists():
+            try:
+                index = faiss.read_index(str(self.index_path))
+                problem = self._index_problem(index)
+            except Exception as exc:  # FAISS raises RuntimeError with a C++ message on a bad file
+                problem = f"cannot read it ({exc!s:.200})"
+            if problem is None:
+                return index
+            log.warning("%s: %s; rebuilding it from memory.sqlite (%d rows)", self.index_path, problem, rows)
+        elif rows:
+            log.warning("%s: missing; rebuilding it from memory.sqlite (%d rows)", self.index_path, rows)
+        return self._rebuild_index()
+
+    def _index_problem(self, index) -> str | None:
+        """Why a loaded index cannot serve as the cache of SQLite, or None when it can."""
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+        if (not isinstance(inner, faiss.IndexScalarQuantizer) or inner.sq.qtype != FP16
+                or index.metric_type != faiss.METRIC_INNER_PRODUCT):
+            return f"it is not an IndexIDMap2 over a float16 inner-product index ({type(inner).__name__})"
+        if index.d != self.dim:
+            return f"it holds {index.d}-d vectors where the model makes {self.dim}-d ones"
+        ids = np.sort(faiss.vector_to_array(index.id_map))
+        rows = np.array([r[0] for r in self._db.execute("SELECT id FROM kept ORDER BY id")], dtype=np.int64)
+        if not np.array_equal(ids, rows):
+            return f"it holds {len(ids)} vectors where memory.sqlite has {len(rows)} rows (or other ids)"
+        newest = self._db.execute("SELECT id, embedding FROM kept ORDER BY id DESC LIMIT 1").fetchone()
+        if newest is not None and not np.array_equal(index.reconstruct(newest[0]), _from_blob(newest[1])):
+            return f"its vector for id {newest[0]} differs from memory.sqlite"
+        return None
+
+    def _new_index(self) -> faiss.IndexIDMap2:
+        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(self.dim, FP16, faiss.METRIC_INNER_PRODUCT))
+
+    def _rebuild_index(self) -> faiss.IndexIDMap2:
+        index = self._new_index()
+        cursor = self._db.execute("SELECT id, embedding FROM kept ORDER BY id")
+        malformed = []
+        while batch := cursor.fetchmany(REBUILD_BATCH):
+            good = [(i, blob) for i, blob in batch if len(blob) == 2 * self.dim]
+            malformed += [i for i, blob in batch if len(blob) != 2 * self.dim]
+            if good:
+                ids = np.array([i for i, _ in good], dtype=np.int64)
+                vectors = np.stack([_from_blob(blob) for _, blob in good])
+                index.add_with_ids(vectors, ids)
+        if malformed:  # cannot be compared with anything: drop them from the truth as well
+            log.warning("%s: dropping %d rows whose embedding is not %d float16 values: ids %s",
+                        self.root, len(malformed), self.dim, malformed[:10])
+            with self._db:
+                self._db.executemany("DELETE FROM kept WHERE id = ?", [(i,) for i in malformed])
+        self._dirty = True
+        return index
+
+    # -- use -----------------------------------------------------------------------------
+
+    def _vector(self, vector) -> np.ndarray:
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if v.shape[0] != self.dim:
+            raise ValueError(f"expected a {self.dim}-d embedding, got {v.shape[0]} values")
+        length = np.linalg.norm(v)
+        return v / length if length > 0 else v
+
+    def search(self, vector, k: int = 1) -> list[tuple[int, float]]:
+        """The k nearest kept frames as (id, cosine distance in [0, 2]), nearest first."""
+        if self._index.ntotal == 0 or k < 1:
+            return []
+        similarities, ids = self._index.search(self._vector(vector)[None], min(k, self._index.ntotal))
+        return [(int(i), float(np.clip(1.0 - s, 0.0, 2.0)))
+                for s, i in zip(similarities[0], ids[0]) if i != -1]
+
+    def add(self, vector, time: float, file: str, threshold: float,
+            nearest: tuple[int, float] | None) -> int:
+        """Remember a kept frame; committed to SQLite before it returns. Returns its id."""
+        # stored as float16; the index gets the same rounded values, so a rebuild changes nothing
+        half = self._vector(vector).astype("<f2")
+        nearest_id, nearest_distance = (int(nearest[0]), float(nearest[1])) if nearest else (None, None)
+        with self._db:
+            cursor = self._db.execute(
+                "INSERT INTO kept (time, file, embedding, model, threshold, nearest_id, nearest_distance)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (float(time), str(file), half.tobytes(), self.model_sha256, float(threshold),
+                 nearest_id, nearest_distance))
+        row_id = cursor.lastrowid
+        self._index.add_with_ids(half.astype(np.float32)[None], np.array([row_id], dtype=np.int64))
+        self._dirty = True
+        return row_id
+
+    def get_vectors(self, ids: Iterable[int]) -> np.ndarray:
+        """float32 [len(ids), dim], in the order given; KeyError for an unknown id."""
+        rows = []
+        for i in ids:
+            try:
+                rows.append(self._index.reconstruct(int(i)))
+            except RuntimeError:
+                raise KeyError(f"no kept frame with id {i}") from None
+        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+
+    def evict(self, now: float) -> int:
+        """Forget frames older than forget_after, then the oldest beyond capacity. Returns the count."""
+        ids: list[int] = []
+        cutoff = now - self.forget_after if self.forget_after > 0 else float("-inf")
+        if self.forget_after > 0:
+            ids += [r[0] for r in self._db.execute("SELECT id FROM kept WHERE time < ?", (cutoff,))]
+        excess = self._index.ntotal - len(ids) - self.capacity
+        if excess > 0:
+            ids += [r[0] for r in self._db.execute(
+                "SELECT id FROM kept WHERE time >= ? ORDER BY time, id LIMIT ?", (cutoff, excess))]
+        if not ids:
+            return 0
+        with self._db:
+            self._db.executemany("DELETE FROM kept WHERE id = ?", [(i,) for i in ids])
+        self._index.remove_ids(np.array(ids, dtype=np.int64))
+        self._dirty = True
+        return len(ids)
+
+    def save(self) -> None:
+        """Write the index file atomically (temp file, fsync, rename, fsync the folder)."""
+        if not self._dirty and self.index_path.exists():
+            return
+        temp = self.root / f"{INDEX_FILE}.tmp{os.getpid()}"
+        try:
+            faiss.write_index(self._index, str(temp))
+            _fsync(temp)
+            os.replace(temp, self.index_path)
+        except BaseException:
+            temp.unlink(missing_ok=True)  # e.g. a full disk: the old file stays valid
+            raise
+        _fsync(self.root)
+        self._dirty = False
+
+    def close(self) -> None:
+        if self._db is None:
+            return
+        self.save()
+        self._db.close()
+        self._db = None
+
+    def __enter__(self) -> "Memory":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def stats(self) -> dict:
+        count, oldest, newest = self._db.execute("SELECT COUNT(*), MIN(time), MAX(time) FROM kept").fetchone()
+        return {
+            "count": count,
+            "oldest": oldest,
+            "newest": newest,
+            "model_sha256": self.model_sha256,
+            "dim": self.dim,
+            "capacity": self.capacity,
+            "forget_after": self.forget_after,
+            "index_bytes": self.index_path.stat().st_size if self.index_path.exists() else 0,
+        }
+
+    def export(self, path: Path) -> int:
+        """Write every kept frame's embedding and metadata to an .npz for a server. Returns the count.
+
+        Arrays: ids int64, times float64, files str, embeddings float16 [n, dim], thresholds,
+        nearest_ids (-1 = none), nearest_distances (NaN = none); model_sha256 and dim as 0-d arrays.
+        Readable with numpy.load(path) (no pickle).
+        """
+        rows = self._db.execute("SELECT id, time, file, embedding, threshold, nearest_id, nearest_distance"
+                                " FROM kept ORDER BY id").fetchall()
+        path = Path(path)
+        temp = path.with_name(path.name + ".tmp")
+        with open(temp, "wb") as f:
+            np.savez(
+                f,
+                ids=np.array([r[0] for r in rows], dtype=np.int64),
+                times=np.array([r[1] for r in rows], dtype=np.float64),
+                files=np.array([r[2] for r in rows], dtype=str),
+                embeddings=np.array([np.frombuffer(r[3], "<f2") for r in rows], dtype=np.float16).reshape(-1, self.dim),
+                thresholds=np.array([r[4] for r in rows], dtype=np.float64),
+                nearest_ids=np.array([-1 if r[5] is None else r[5] for r in rows], dtype=np.int64),
+                nearest_distances=np.array([np.nan if r[6] is None else r[6] for r in rows], dtype=np.float64),
+                model_sha256=np.array(self.model_sha256),
+                dim=np.array(self.dim),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+        return len(rows)
+
+
+def _from_blob(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f2").astype(np.float32)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
