@@ -14,7 +14,7 @@ What it computes, per frame (input: float32 NCHW [1, 3, 192, 256], raw 0..255 BG
 2. Two scales of oriented gradient energy: Gaussian blur (sigma 1 px), central differences
    steered to 0, 45, 90 and 135 degrees, absolute value; the same again on the 2x-downsampled
    picture (a further sigma of 1.5 px there, about 3 px at full size).
-3. Average over an 8 x 6 grid of 32 x 32 px cells, minus a small noise floor ("coring": sensor
+3. Average over a 16 x 12 grid of 16 x 16 px cells, minus a small noise floor ("coring": sensor
    and JPEG noise add a near-constant mean |gradient| that carries no information).
 4. Per cell, divide the 8 gradient values by (their L2 norm + eps) and add a ninth "flat" value
    eps / (norm + eps): a textured cell is described by the shape of its gradients, whatever its
@@ -23,8 +23,10 @@ What it computes, per frame (input: float32 NCHW [1, 3, 192, 256], raw 0..255 BG
 5. Per cell, two log-chroma values, log(R/G) and log(B/G) of the cell's mean colour, minus the
    frame's average (so a white-balance drift that tints the whole frame cancels), times a small
    weight.
-6. Output: the 8 x 6 cells x 11 channels in cell-major order (row by row, column by column, the
-   11 channels of a cell together), flattened and L2-normalised: float32 [1, 528].
+6. Per cell, its mean log grey minus the frame's mean log grey, times a weight: a dark car on
+   light asphalt changes this even where it adds few edges, while a global gain change cancels.
+7. Output: the 16 x 12 cells x 12 channels in cell-major order (row by row, column by column, the
+   12 channels of a cell together), flattened and L2-normalised: float32 [1, 2304].
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO / "daemon" / "framecull" / "models_data" / "default.onnx"
 
 WIDTH, HEIGHT = 256, 192  # model input; 4:3. Frames of other shapes are resized to it.
-COLS, ROWS = 8, 6  # the grid: 32 x 32 px cells at the input size
+COLS, ROWS = 16, 12  # the grid: 16 x 16 px cells at the input size
 CELL = WIDTH // COLS
 LOG_OFFSET = 16.0  # grey levels added before the log: damps the noise of near-black pixels
 SIGMA_FINE = 1.0  # px at the input size
@@ -52,9 +54,10 @@ CORING = (0.006, 0.004)  # fine, coarse: mean |d log grey / dx| left by noise, s
 EPS = 0.02  # per-cell normalisation: below this gradient energy a cell counts as flat
 CHROMA_OFFSET = 8.0  # grey levels added to each colour channel before the log
 CHROMA_WEIGHT = 0.5
+INTENSITY_WEIGHT = 1.0
 OPSET = 17
 
-CHANNELS = 2 * len(ORIENTATIONS) + 1 + 2  # gradients, flat, chroma
+CHANNELS = 2 * len(ORIENTATIONS) + 1 + 2 + 1  # gradients, flat, chroma, intensity
 DIM = COLS * ROWS * CHANNELS
 
 
@@ -146,7 +149,12 @@ def build() -> onnx.ModelProto:
     chroma = g.op("Sub", [chroma, chroma_mean])
     chroma = g.op("Mul", [chroma, g.const("chroma_weight", np.float32(CHROMA_WEIGHT))], name="chroma")
 
-    cells = g.op("Concat", [shape, flat, chroma], axis=1, name="cells")  # [1, C, ROWS, COLS]
+    cell_grey = g.op("AveragePool", [log_grey], kernel_shape=[CELL, CELL], strides=[CELL, CELL])
+    grey_mean = g.op("ReduceMean", [cell_grey], axes=[2, 3], keepdims=1)
+    intensity = g.op("Sub", [cell_grey, grey_mean])
+    intensity = g.op("Mul", [intensity, g.const("intensity_weight", np.float32(INTENSITY_WEIGHT))], name="intensity")
+
+    cells = g.op("Concat", [shape, flat, chroma, intensity], axis=1, name="cells")  # [1, C, ROWS, COLS]
     cells = g.op("Transpose", [cells], perm=[0, 2, 3, 1])  # [1, ROWS, COLS, C]: cell-major
     flat_vector = g.op("Reshape", [cells, g.const("to_row", np.array([1, DIM], dtype=np.int64))])
     length = g.op("Sqrt", [g.op("ReduceSum", [g.op("Mul", [flat_vector, flat_vector]), axis1], keepdims=1)])
@@ -164,7 +172,7 @@ def build() -> onnx.ModelProto:
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="framecull models/build_default.py",
         # not __doc__: editing a comment must not change the model's sha256 (memories key on it)
-        doc_string="framecull default embedding: oriented-gradient layout on an 8x6 grid, see models/README.md",
+        doc_string="framecull default embedding: oriented-gradient and intensity layout on a 16x12 grid, see models/README.md",
     )
     model.ir_version = 8  # onnxruntime 1.17 reads IR 8 / opset 17
     helper.set_model_props(

@@ -58,9 +58,17 @@ def test_a_car_appearing_during_a_brightness_step_still_passes(scene):
 
 
 def test_slow_lighting_drift_never_passes(scene):
-    gains = np.linspace(1.0, 0.8, 150)  # dusk: 20% darker over 150 frames
+    gains = np.linspace(1.0, 0.87, 150)  # 13% darker over 150 frames: less than light_change
     result = passes(ChangeGate(ChangeConfig()), frames_of([scene * g for g in gains]))
     assert not any(result[1:])
+
+
+def test_a_new_lighting_state_passes_once_per_light_change_step(scene):
+    gains = np.linspace(1.0, 0.5, 200)  # dusk: half as bright; 2 / 1.2**3 < 1 < 2 / 1.2**4
+    gate = ChangeGate(ChangeConfig(light_change=0.2))
+    result = passes(gate, frames_of([scene * g for g in gains]))
+    assert sum(result[1:]) == 3
+    assert not any(passes(ChangeGate(ChangeConfig(light_change=0)), frames_of([scene * g for g in gains]))[1:])
 
 
 def test_dark_noisy_night_scene_still_reveals_a_car(scene):

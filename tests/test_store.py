@@ -119,3 +119,31 @@ def test_disk_full_counts_lost_frames_damages_nothing_and_recovers(tiny_fs, capl
         image.with_suffix(".json").unlink()
     f = frame(100)
     assert store.save(f, decision(f)) is not None
+
+
+def test_max_bytes_deletes_the_oldest_pairs_first(tmp_path):
+    store = Store(tmp_path, "cam", quality=90, max_bytes=400_000)
+    paths = []
+    for i in range(20):  # ~70 KB each: about 6 fit under the cap
+        f = frame(i)
+        paths.append(Path(store.save(f, decision(f))))
+    remaining = sorted((tmp_path / "frames").rglob("*.jpg"))
+    assert remaining == sorted(paths[-len(remaining):]), "not the oldest were deleted"
+    assert 3 <= len(remaining) < 20 and store.deleted == 20 - len(remaining)
+    total = sum(p.stat().st_size for p in (tmp_path / "frames").rglob("*") if p.is_file())
+    assert total <= 400_000
+    assert sorted((tmp_path / "frames").rglob("*.json")) == [p.with_suffix(".json") for p in remaining]
+
+
+def test_max_bytes_counts_what_the_puller_took_away(tmp_path):
+    store = Store(tmp_path, "cam", quality=90, max_bytes=400_000)
+    for i in range(5):
+        f = frame(i)
+        store.save(f, decision(f))
+    for path in (tmp_path / "frames").rglob("*"):
+        if path.is_file():
+            path.unlink()  # rsync --remove-source-files
+    for i in range(5, 10):
+        f = frame(i)
+        store.save(f, decision(f))
+    assert store.deleted == 0, "frames were deleted although the puller had made room"

@@ -72,7 +72,7 @@ def replay(config: Config, source: Source, out: Path, decisions_path: Path | Non
     if (out / "memory.sqlite").exists() and config.gates.novelty.enabled:
         log.warning("%s already holds the memory of an earlier run: frames like those it kept will not be "
                     "kept again (use a new --out to start afresh)", out)
-    store = Store(out, config.camera, config.store.quality, config.digest())
+    store = Store(out, config.camera, config.store.quality, config.digest(), int(config.store.max_bytes))
     pipeline = build_pipeline(config, store, memory_root=out)
     decisions: list[Decision] = []
     progress = Progress(source.frame_count)
@@ -158,7 +158,8 @@ def cmd_memory(args) -> int:
         # frames the server already pulled away cannot be re-embedded and are forgotten.
         with sqlite3.connect(root / "memory.sqlite") as db:
             rows = db.execute("SELECT time, file, threshold FROM kept ORDER BY id").fetchall()
-        memory = Memory(root, embedder.sha256, embedder.dim, novelty.capacity, novelty.forget_after, rebuild=True)
+        memory = Memory(root, embedder.sha256, embedder.dim, novelty.capacity, novelty.forget_after,
+                        rebuild=True, grid=embedder.grid)
         with memory:
             if len(memory) == 0:
                 for time_, file, threshold in rows:
@@ -169,7 +170,8 @@ def cmd_memory(args) -> int:
                   f"({len(rows) - len(memory)} of {len(rows)} forgotten: their images are gone)")
         return 0
     try:
-        memory = Memory(root, embedder.sha256, embedder.dim, novelty.capacity, novelty.forget_after)
+        memory = Memory(root, embedder.sha256, embedder.dim, novelty.capacity, novelty.forget_after,
+                        grid=embedder.grid)
     except ModelMismatch as exc:
         raise ConfigError(f"gates.novelty.model: {exc}") from None
     with memory:

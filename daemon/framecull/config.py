@@ -64,6 +64,7 @@ class ChangeConfig(Section):
     threshold: float = Field(25.0, ge=1.0, le=255.0)  # grey levels, at normal daylight contrast
     min_area: Fraction = 0.0005  # contours smaller than this fraction of the frame are ignored
     min_changed: Fraction = 0.005  # fraction of the frame the accepted contours must cover
+    light_change: float = Field(0.2, ge=0.0, le=10.0)  # brightness change that is a new lighting state; 0 = off
     reference: Literal["last_judged", "previous", "background"] = "last_judged"
     background_rate: float = Field(0.05, gt=0.0, le=1.0)  # weight of a new frame in the background
     border: tuple[Fraction, Fraction, Fraction, Fraction] = (0.0, 0.0, 0.0, 0.0)  # t, r, b, l
@@ -113,7 +114,7 @@ class NoveltyConfig(Section):
     grid: tuple[int, int] = (0, 0)  # (cols, rows) of a grid embedding; (0, 0) = from the model
     min_distance: float = Field(0.05, ge=0.0, le=2.0)  # whole-frame cosine distance to the nearest kept frame
     region: bool = True  # also compare grid cells, so a small new object counts
-    min_region_distance: float = Field(0.3, ge=0.0, le=2.0)  # mean distance of the most-changed cells
+    min_region_distance: float = Field(0.2, ge=0.0, le=2.0)  # mean distance of the most-changed cells
     region_cells: int = Field(3, ge=1, le=64)  # how many of the most-changed cells are averaged
     neighbours: int = Field(5, ge=1, le=64)  # kept frames compared cell by cell
     min_interval: Duration = 1.0  # during an event, at most one frame per this many seconds

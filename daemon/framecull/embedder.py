@@ -44,7 +44,7 @@ def default_model_spec() -> ModelSpec:
     """The shipped hand-designed model (models/build_default.py)."""
     path = Path(str(resources.files("framecull") / "models_data" / "default.onnx"))
     return ModelSpec(path=path, input_name="image", size=(256, 192), dtype="float32",
-                     color="BGR", output="embedding", grid=(8, 6))
+                     color="BGR", output="embedding")  # grid: from the model metadata
 
 
 class Embedder:

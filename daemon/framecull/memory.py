@@ -7,13 +7,18 @@ root/index.faiss    the same embeddings for fast nearest-neighbour search; rebui
 
 The index is an IndexIDMap2 (ids = SQLite row ids) over an exhaustive inner-product index that
 stores float16 (IndexScalarQuantizer QT_fp16). SQLite already keeps float16, so this loses
-nothing, and it halves the RAM of IndexFlatIP (100k x 528-d: 106 MB instead of 211 MB) and
-searches faster, memory bandwidth being the bottleneck. Vectors are L2-normalised, so inner
+nothing, halves the RAM of IndexFlatIP and searches faster, memory bandwidth being the
+bottleneck. Vectors are L2-normalised, so inner
 product = cosine similarity and the distance reported is 1 - inner product, in [0, 2].
 
 Each change commits to SQLite first, then touches the index in memory; the index file is only
 written by save(). A crash at any moment therefore loses nothing that was committed: at the next
 start the index file disagrees with SQLite and is rebuilt from it.
+
+Grid embeddings (an even number of cells each way) are indexed pooled: FAISS holds each 2 x 2
+block of cells averaged, a quarter of the values, and only finds the candidates; their exact
+distances and cell-by-cell comparisons use the full vectors from SQLite. That keeps the RAM of
+100k fine-grid frames near that of a coarse grid.
 
 Threading: one writer thread owns a Memory (the pipeline's), and only one process opens a root
 at a time. No locks are taken; FAISS runs single-threaded.
@@ -48,7 +53,8 @@ CREATE TABLE IF NOT EXISTS kept (
     model TEXT NOT NULL,                   -- sha256 of the model file that made the embedding
     threshold REAL NOT NULL,               -- min_distance in force when the frame was kept
     nearest_id INTEGER,                    -- nearest kept frame at that time, if any
-    nearest_distance REAL
+    nearest_distance REAL,
+    light REAL                             -- mean grey level of the frame (its lighting state)
 );
 CREATE INDEX IF NOT EXISTS kept_time ON kept (time);
 """
@@ -63,7 +69,8 @@ class ModelMismatch(Exception):
 
 class Memory:
     def __init__(self, root: Path, model_sha256: str, dim: int, capacity: int = 100_000,
-                 forget_after: float = 0.0, rebuild: bool = False) -> None:
+                 forget_after: float = 0.0, rebuild: bool = False,
+                 grid: tuple[int, int] | None = None) -> None:
         if dim < 1 or capacity < 1 or forget_after < 0:
             raise ValueError("dim and capacity must be positive and forget_after not negative")
         self.root = Path(root)
@@ -71,6 +78,9 @@ class Memory:
         self.dim = dim
         self.capacity = capacity
         self.forget_after = forget_after
+        pooled = grid is not None and grid[0] % 2 == 0 and grid[1] % 2 == 0 and dim % (grid[0] * grid[1]) == 0
+        self.grid = grid if pooled else None
+        self.index_dim = dim // 4 if pooled else dim
         self.index_path = self.root / INDEX_FILE
         self.root.mkdir(parents=True, exist_ok=True)
         faiss.omp_set_num_threads(1)
@@ -135,19 +145,31 @@ class Memory:
         if (not isinstance(inner, faiss.IndexScalarQuantizer) or inner.sq.qtype != FP16
                 or index.metric_type != faiss.METRIC_INNER_PRODUCT):
             return f"it is not an IndexIDMap2 over a float16 inner-product index ({type(inner).__name__})"
-        if index.d != self.dim:
-            return f"it holds {index.d}-d vectors where the model makes {self.dim}-d ones"
+        if index.d != self.index_dim:
+            return f"it holds {index.d}-d vectors where {self.index_dim}-d ones are indexed"
         ids = np.sort(faiss.vector_to_array(index.id_map))
         rows = np.array([r[0] for r in self._db.execute("SELECT id FROM kept ORDER BY id")], dtype=np.int64)
         if not np.array_equal(ids, rows):
             return f"it holds {len(ids)} vectors where memory.sqlite has {len(rows)} rows (or other ids)"
         newest = self._db.execute("SELECT id, embedding FROM kept ORDER BY id DESC LIMIT 1").fetchone()
-        if newest is not None and not np.array_equal(index.reconstruct(newest[0]), _from_blob(newest[1])):
+        if newest is not None and not np.array_equal(index.reconstruct(newest[0]),
+                                                     self._index_vectors(_from_blob(newest[1])[None])[0]):
             return f"its vector for id {newest[0]} differs from memory.sqlite"
         return None
 
     def _new_index(self) -> faiss.IndexIDMap2:
-        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(self.dim, FP16, faiss.METRIC_INNER_PRODUCT))
+        return faiss.IndexIDMap2(faiss.IndexScalarQuantizer(self.index_dim, FP16, faiss.METRIC_INNER_PRODUCT))
+
+    def _index_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """What the index holds for full vectors [n, dim]: the vectors, or their 2 x 2-pooled grid,
+        L2-normalised and rounded to float16 as the index stores them."""
+        if self.grid is not None:
+            cols, rows = self.grid
+            cells = vectors.reshape(len(vectors), rows // 2, 2, cols // 2, 2, -1).mean(axis=(2, 4))
+            vectors = cells.reshape(len(vectors), -1)
+            lengths = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(lengths, 1e-12)
+        return vectors.astype(np.float16).astype(np.float32)
 
     def _rebuild_index(self) -> faiss.IndexIDMap2:
         index = self._new_index()
@@ -159,7 +181,7 @@ class Memory:
             if good:
                 ids = np.array([i for i, _ in good], dtype=np.int64)
                 vectors = np.stack([_from_blob(blob) for _, blob in good])
-                index.add_with_ids(vectors, ids)
+                index.add_with_ids(self._index_vectors(vectors), ids)
         if malformed:  # cannot be compared with anything: drop them from the truth as well
             log.warning("%s: dropping %d rows whose embedding is not %d float16 values: ids %s",
                         self.root, len(malformed), self.dim, malformed[:10])
@@ -181,36 +203,50 @@ class Memory:
         """The k nearest kept frames as (id, cosine distance in [0, 2]), nearest first."""
         if self._index.ntotal == 0 or k < 1:
             return []
-        similarities, ids = self._index.search(self._vector(vector)[None], min(k, self._index.ntotal))
-        return [(int(i), float(np.clip(1.0 - s, 0.0, 2.0)))
-                for s, i in zip(similarities[0], ids[0]) if i != -1]
+        query = self._vector(vector)
+        similarities, ids = self._index.search(self._index_vectors(query[None]), min(k, self._index.ntotal))
+        found = [int(i) for i in ids[0] if i != -1]
+        if self.grid is None:
+            return [(i, float(np.clip(1.0 - s, 0.0, 2.0))) for i, s in zip(found, similarities[0])]
+        exact = 1.0 - self.get_vectors(found) @ query
+        order = np.argsort(exact, kind="stable")
+        return [(found[j], float(np.clip(exact[j], 0.0, 2.0))) for j in order]
 
     def add(self, vector, time: float, file: str, threshold: float,
-            nearest: tuple[int, float] | None) -> int:
+            nearest: tuple[int, float] | None, light: float | None = None) -> int:
         """Remember a kept frame; committed to SQLite before it returns. Returns its id."""
         # stored as float16; the index gets the same rounded values, so a rebuild changes nothing
         half = self._vector(vector).astype("<f2")
         nearest_id, nearest_distance = (int(nearest[0]), float(nearest[1])) if nearest else (None, None)
         with self._db:
             cursor = self._db.execute(
-                "INSERT INTO kept (time, file, embedding, model, threshold, nearest_id, nearest_distance)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO kept (time, file, embedding, model, threshold, nearest_id, nearest_distance, light)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (float(time), str(file), half.tobytes(), self.model_sha256, float(threshold),
-                 nearest_id, nearest_distance))
+                 nearest_id, nearest_distance, None if light is None else float(light)))
         row_id = cursor.lastrowid
-        self._index.add_with_ids(half.astype(np.float32)[None], np.array([row_id], dtype=np.int64))
+        self._index.add_with_ids(self._index_vectors(half.astype(np.float32)[None]), np.array([row_id], dtype=np.int64))
         self._dirty = True
         return row_id
 
     def get_vectors(self, ids: Iterable[int]) -> np.ndarray:
-        """float32 [len(ids), dim], in the order given; KeyError for an unknown id."""
-        rows = []
-        for i in ids:
-            try:
-                rows.append(self._index.reconstruct(int(i)))
-            except RuntimeError:
-                raise KeyError(f"no kept frame with id {i}") from None
-        return np.stack(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        """float32 [len(ids), dim] from SQLite, in the order given; KeyError for an unknown id."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        marks = ",".join("?" * len(ids))
+        found = dict(self._db.execute(f"SELECT id, embedding FROM kept WHERE id IN ({marks})", ids))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"no kept frame with id {missing[0]}")
+        return np.stack([_from_blob(found[i]) for i in ids])
+
+    def get_light(self, ids: Iterable[int]) -> list[float | None]:
+        """The recorded mean grey level of each kept frame, in the order given (None: unknown)."""
+        ids = [int(i) for i in ids]
+        marks = ",".join("?" * len(ids))
+        found = dict(self._db.execute(f"SELECT id, light FROM kept WHERE id IN ({marks})", ids)) if ids else {}
+        return [found.get(i) for i in ids]
 
     def evict(self, now: float) -> int:
         """Forget frames older than forget_after, then the oldest beyond capacity. Returns the count."""

@@ -122,6 +122,8 @@ class Pipeline:
         if self._last_kept is None:
             self._last_kept = frame.timestamp
         heartbeat = self.heartbeat > 0 and frame.timestamp - self._last_kept >= self.heartbeat
+        if heartbeat:
+            self._last_kept = frame.timestamp  # one attempt per heartbeat period, kept or not
         decision = Decision(frame.index, frame.timestamp, kept=False, stage="source")
         for position, gate in enumerate(self.gates):
             verdict = gate.judge(frame)
@@ -131,7 +133,6 @@ class Pipeline:
             if not verdict.passed and not (heartbeat and not last):
                 return decision, False
         if heartbeat:
-            self._last_kept = frame.timestamp  # one attempt per heartbeat period, kept or not
             decision.stage = "heartbeat"
         return decision, True
 
@@ -187,10 +188,10 @@ def build_pipeline(config, store=None, memory_root: Path | None = None, rebuild:
         root.mkdir(parents=True, exist_ok=True)
         try:
             memory = Memory(root, embedder.sha256, embedder.dim, capacity=novelty.capacity,
-                            forget_after=novelty.forget_after, rebuild=rebuild)
+                            forget_after=novelty.forget_after, rebuild=rebuild, grid=embedder.grid)
         except ModelMismatch as exc:
             raise ConfigError(f"gates.novelty.model: {exc}") from None
-        gates.append(NoveltyGate(novelty, embedder, memory))
+        gates.append(NoveltyGate(novelty, embedder, memory, light_change=config.gates.change.light_change))
     budget = Budget(config.store.max_per_hour, config.store.max_per_day)
     return Pipeline(gates, store, min_interval=novelty.min_interval,
                     heartbeat=config.store.heartbeat, budget=budget)

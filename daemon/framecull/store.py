@@ -7,6 +7,10 @@
 Each file is written to tmp/ on the same filesystem, fsynced, then renamed into frames/, so
 an rsync of frames/ at any moment sees whole files only. The sidecar is renamed in before
 its image, so every image a puller sees has its sidecar.
+
+With `max_bytes`, when frames/ grows past the cap the oldest image+sidecar pairs are deleted
+(image first, so no image is ever left without its sidecar) until it is back under 95% of the
+cap. Only files are deleted: the memory of what was kept stays.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Store:
-    def __init__(self, root: str | Path, camera: str, quality: int = 92, config_hash: str = "") -> None:
+    def __init__(self, root: str | Path, camera: str, quality: int = 92, config_hash: str = "",
+                 max_bytes: int = 0) -> None:
         self.root = Path(root)
         self.frames_dir = self.root / "frames"
         self.tmp_dir = self.root / "tmp"
@@ -45,7 +50,10 @@ class Store:
         self.lost = 0  # kept frames that could not be written (disk full, read-only, ...)
         self._seq = 0
         self._last_error = 0.0
+        self.max_bytes = max_bytes
+        self.deleted = 0  # old frames deleted to stay under max_bytes
         self._clean_tmp()
+        self._bytes = self._measure() if max_bytes else 0
 
     def _clean_tmp(self) -> None:
         """Leftovers of a crash in tmp/ are partial by definition; frames/ is never touched."""
@@ -105,7 +113,38 @@ class Store:
             self._log_error(f"frame {frame.index} lost to storage ({self.lost} lost so far): {exc}")
             return None
         self.saved += 1
+        if self.max_bytes:
+            self._bytes += len(jpeg) + sidecar_path.stat().st_size
+            self._enforce_cap()
         return str(image_path)
+
+    def _measure(self) -> int:
+        return sum(p.stat().st_size for p in self.frames_dir.glob("*/*") if p.is_file())
+
+    def _enforce_cap(self) -> None:
+        if self._bytes <= self.max_bytes:
+            return
+        self._bytes = self._measure()  # the puller may have taken files away since
+        target = int(self.max_bytes * 0.95)
+        deleted = 0
+        # Names start with <camera>_<UTC time>, so name order is age order.
+        for image in sorted(self.frames_dir.glob("*/*.jpg"), key=lambda p: p.name):
+            if self._bytes <= target:
+                break
+            sidecar = image.with_suffix(".json")
+            for path in (image, sidecar):
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                    self._bytes -= size
+                except FileNotFoundError:
+                    pass
+            deleted += 1
+        for day in self.frames_dir.iterdir():
+            if day.is_dir() and not any(day.iterdir()):
+                day.rmdir()
+        self.deleted += deleted
+        log.info("deleted the %d oldest frames to keep frames/ under %d bytes", deleted, self.max_bytes)
 
     def _log_error(self, message: str) -> None:
         # A full disk fails every write; one line a minute is enough for the journal.

@@ -68,6 +68,12 @@ def _match_lut(cdf_cur: np.ndarray, cdf_ref: np.ndarray) -> np.ndarray:
     return np.interp(mid, ranks, levels).astype(np.float32)
 
 
+def lighting_change(mean: float, reference_mean: float) -> float:
+    """How far a mean grey level moved from the reference's, as a ratio either way, minus 1."""
+    low, high = sorted((max(mean, 1.0), max(reference_mean, 1.0)))
+    return high / low - 1.0
+
+
 def _spread(cdf: np.ndarray) -> float:
     q25, q75 = np.searchsorted(cdf, [0.25, 0.75])
     return float(q75 - q25) / 1.349
@@ -80,6 +86,7 @@ class ChangeMeasure:
     noise: float  # sigma of the frame-to-reference difference
     contours: list  # accepted contours (analysis-plane coordinates)
     small: list  # contours below min_area
+    light: float  # brightness change against the reference: max(cur/ref, ref/cur) - 1
     first: bool  # no reference yet
 
 
@@ -92,6 +99,7 @@ class ChangeGate(Gate):
         self._ref: np.ndarray | None = None  # float32 blurred reference
         self._ref_cdf: np.ndarray | None = None
         self._ref_spread = NORMAL_CONTRAST
+        self._ref_mean = 0.0
 
     def reset(self) -> None:
         self._ref = None
@@ -105,16 +113,18 @@ class ChangeGate(Gate):
             return cv2.GaussianBlur(gray, (self.cfg.blur, self.cfg.blur), 0)
         return gray
 
-    def _set_reference(self, blurred: np.ndarray) -> None:
-        self._ref = blurred.astype(np.float32)
+    def _set_reference(self, blurred: np.ndarray, keep: np.ndarray | None = None) -> None:
+        self._ref = blurred.astype(np.float32) if keep is None else keep
         self._ref_cdf = _cdf(blurred, self._valid)
         self._ref_spread = _spread(self._ref_cdf)
+        self._ref_mean = cv2.mean(blurred, self._valid)[0]
 
     def measure(self, frame: Frame) -> tuple[ChangeMeasure, np.ndarray]:
         """The change of `frame` against the reference, and the frame's blurred plane."""
         blurred = self._prepare(frame.gray)
         if self._ref is None:
-            return ChangeMeasure(1.0, 0.0, 0.0, [], [], first=True), blurred
+            return ChangeMeasure(1.0, 0.0, 0.0, [], [], 0.0, first=True), blurred
+        light = lighting_change(cv2.mean(blurred, self._valid)[0], self._ref_mean)
 
         matched = cv2.LUT(blurred, _match_lut(_cdf(blurred, self._valid), self._ref_cdf))
         diff = cv2.absdiff(matched, self._ref)
@@ -141,23 +151,24 @@ class ChangeGate(Gate):
                 total += a
             else:
                 small.append(contour)
-        return ChangeMeasure(total / area, threshold, noise, accepted, small, first=False), blurred
+        return ChangeMeasure(total / area, threshold, noise, accepted, small, light, first=False), blurred
 
     def judge(self, frame: Frame) -> Verdict:
         m, blurred = self.measure(frame)
-        passed = m.first or m.changed >= self.cfg.min_changed
+        light_step = 0 < self.cfg.light_change <= m.light
+        passed = m.first or m.changed >= self.cfg.min_changed or light_step
         reference = self.cfg.reference
         if m.first or reference == "previous" or (passed and reference == "last_judged"):
             self._set_reference(blurred)
         elif reference == "background":
             cv2.accumulateWeighted(blurred.astype(np.float32), self._ref, self.cfg.background_rate)
-            self._ref_cdf = _cdf(cv2.convertScaleAbs(self._ref), self._valid)
-            self._ref_spread = _spread(self._ref_cdf)
+            self._set_reference(cv2.convertScaleAbs(self._ref), keep=self._ref)
         scores = {
             "changed": round(m.changed, 6),
             "threshold": round(m.threshold, 2),
             "noise": round(m.noise, 3),
             "contours": len(m.contours),
+            "light": round(m.light, 4),
         }
         if m.first:
             scores["first"] = True

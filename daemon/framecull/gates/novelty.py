@@ -6,7 +6,10 @@ frame is novel when either
   - (region-aware, grid models) against each of the `neighbours` nearest kept frames, the mean
     distance of its `region_cells` most-changed grid cells exceeds `min_region_distance`:
     a new car in one bay of a large lot barely moves the whole vector but changes a few cells.
-    Averaging several cells keeps one noisy cell from making a frame novel.
+    Averaging several cells keeps one noisy cell from making a frame novel, or
+  - its mean grey level differs by more than `light_change` (a ratio) from every one of the
+    nearest kept frames: the default model ignores brightness (so flicker and auto-exposure make
+    no duplicates), yet a new lighting state of the same scene is worth one frame.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from framecull.config import ConfigError, NoveltyConfig
 from framecull.embedder import Embedder, ModelSpec, cell_distances, default_model_spec
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
+from framecull.gates.change import lighting_change
 from framecull.memory import Memory
 
 PENDING_LIMIT = 256  # embeddings of recent candidates awaiting the pacing decision
+# Kept frames whose lighting is compared: more than the cell-compared neighbours, because
+# to a brightness-blind model all lighting states of an empty scene are equally near.
+LIGHT_NEIGHBOURS = 32
 
 
 def model_spec(cfg: NoveltyConfig) -> ModelSpec:
@@ -59,51 +66,60 @@ def top_cells_mean(distances: np.ndarray, count: int) -> float:
 class NoveltyGate(Gate):
     name = "novelty"
 
-    def __init__(self, cfg: NoveltyConfig, embedder: Embedder, memory: Memory) -> None:
+    def __init__(self, cfg: NoveltyConfig, embedder: Embedder, memory: Memory, light_change: float = 0.0) -> None:
         self.cfg = cfg
+        self.light_change = light_change
         self.embedder = embedder
         self.memory = memory
-        self._pending: dict[int, tuple[np.ndarray, tuple[int, float] | None]] = {}
+        self._pending: dict[int, tuple[np.ndarray, tuple[int, float] | None, float]] = {}
 
     def judge(self, frame: Frame) -> Verdict:
         vector = self.embedder.embed(frame.image)
+        light = float(frame.gray.mean())
         region = self.cfg.region and self.embedder.grid is not None
-        neighbours = self.memory.search(vector, k=self.cfg.neighbours if region else 1)
-        self._remember_pending(frame.index, vector, neighbours[0] if neighbours else None)
+        neighbours = self.memory.search(vector, k=max(self.cfg.neighbours, LIGHT_NEIGHBOURS))
+        self._remember_pending(frame.index, vector, neighbours[0] if neighbours else None, light)
         if not neighbours:
-            return Verdict(True, {"distance": None, "region": None, "nearest": None, "score": 1e9})
+            return Verdict(True, {"distance": None, "region": None, "light": None, "nearest": None, "score": 1e9})
         nearest, distance = neighbours[0]
-        region_distance = None
+        # How far past its threshold each measure is; pacing keeps the frame with the largest.
+        ratios = [distance / max(self.cfg.min_distance, 1e-9)]
+        region_distance = light_step = None
         if region:
-            kept_vectors = self.memory.get_vectors([i for i, _ in neighbours])
+            kept_vectors = self.memory.get_vectors([i for i, _ in neighbours[: self.cfg.neighbours]])
             region_distance = min(
                 top_cells_mean(cell_distances(vector, kept, self.embedder.grid), self.cfg.region_cells)
                 for kept in kept_vectors
             )
-        # How far past its threshold each measure is; pacing keeps the frame with the largest.
-        score = distance / max(self.cfg.min_distance, 1e-9)
-        if region_distance is not None:
-            score = max(score, region_distance / max(self.cfg.min_region_distance, 1e-9))
-        novel = distance > self.cfg.min_distance or (
-            region_distance is not None and region_distance > self.cfg.min_region_distance
+            ratios.append(region_distance / max(self.cfg.min_region_distance, 1e-9))
+        if self.light_change > 0:
+            known = [k for k in self.memory.get_light([i for i, _ in neighbours]) if k is not None]
+            if known:
+                light_step = min(lighting_change(light, k) for k in known)
+                ratios.append(light_step / self.light_change)
+        novel = (
+            distance > self.cfg.min_distance
+            or (region_distance is not None and region_distance > self.cfg.min_region_distance)
+            or (light_step is not None and light_step > self.light_change)
         )
         return Verdict(novel, {
             "distance": round(distance, 5),
             "region": None if region_distance is None else round(region_distance, 5),
+            "light": None if light_step is None else round(light_step, 4),
             "nearest": nearest,
-            "score": round(score, 4),
+            "score": round(max(ratios), 4),
         })
 
-    def _remember_pending(self, index: int, vector: np.ndarray, nearest) -> None:
+    def _remember_pending(self, index: int, vector: np.ndarray, nearest, light: float) -> None:
         if len(self._pending) >= PENDING_LIMIT:
             self._pending.pop(next(iter(self._pending)))
-        self._pending[index] = (vector, nearest)
+        self._pending[index] = (vector, nearest, light)
 
     def on_kept(self, frame: Frame, path: str | None) -> None:
-        vector, nearest = self._pending.pop(frame.index, (None, None))
-        if vector is None:  # kept without being judged here (novelty came after a restart)
-            vector = self.embedder.embed(frame.image)
-        self.memory.add(vector, frame.timestamp, self._relative(path), self.cfg.min_distance, nearest)
+        vector, nearest, light = self._pending.pop(frame.index, (None, None, None))
+        if vector is None:  # kept without being judged here
+            vector, light = self.embedder.embed(frame.image), float(frame.gray.mean())
+        self.memory.add(vector, frame.timestamp, self._relative(path), self.cfg.min_distance, nearest, light)
         self.memory.evict(frame.timestamp)
 
     def _relative(self, path: str | None) -> str:
