@@ -11,6 +11,14 @@ THUMB_WIDTH = 200
 COLUMNS = 5
 
 
+def _capture_time(path: Path) -> str:
+    """'HH:MM:SS' from a stored name <camera>_<YYYYmmddTHHMMSS.ffffffZ>_<seq>, else the name."""
+    stamp = path.stem.split("_")[-2] if path.stem.count("_") >= 2 else ""
+    if len(stamp) >= 15 and stamp[8] == "T":
+        return f"{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}"
+    return path.stem
+
+
 def write_contact_sheet(images: list[Path], out: Path) -> Path:
     thumbs = []
     for path in images:
@@ -19,7 +27,7 @@ def write_contact_sheet(images: list[Path], out: Path) -> Path:
             continue
         h, w = image.shape[:2]
         thumb = cv2.resize(image, (THUMB_WIDTH, round(h * THUMB_WIDTH / w)), interpolation=cv2.INTER_AREA)
-        label = path.stem.split("_")[-1]
+        label = _capture_time(path)
         cv2.putText(thumb, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(thumb, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
         thumbs.append(thumb)
