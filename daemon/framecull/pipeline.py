@@ -95,7 +95,8 @@ class Pipeline:
         if candidate and self.min_interval <= 0:
             self._commit(frame, decision)
         elif candidate:
-            self._window_end = self._window_end or frame.timestamp + self.min_interval
+            if self._window_end is None:
+                self._window_end = frame.timestamp + self.min_interval
             score = _novelty_score(decision)
             if self._best is None or score > self._best[2]:
                 if self._best is not None:
