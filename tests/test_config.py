@@ -119,3 +119,14 @@ def test_digest_changes_with_thresholds():
     a = Config()
     b = Config.model_validate({"gates": {"change": {"threshold": 30}}})
     assert a.digest() != b.digest() and a.digest() == Config().digest()
+
+
+def test_check_config_loads_the_novelty_model(tmp_path):
+    path = write(tmp_path, f'[gates.novelty]\nmodel = "{tmp_path / "missing.onnx"}"\n')
+    result = run_cli("check-config", str(path))
+    assert result.returncode == EX_CONFIG
+    assert "gates.novelty.model" in result.stderr and "missing.onnx" in result.stderr
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model at all")
+    result = run_cli("check-config", str(write(tmp_path, f'[gates.novelty]\nmodel = "{garbage}"\n')))
+    assert result.returncode == EX_CONFIG and "garbage.onnx" in result.stderr

@@ -107,6 +107,10 @@ def _source_for(path: str, config: Config) -> Config:
 
 def cmd_check_config(args) -> int:
     config = load_config(args.file)
+    if config.gates.novelty.enabled:
+        from framecull.gates.novelty import load_embedder
+
+        load_embedder(config.gates.novelty)  # a missing or broken model fails here, not at start
     sys.stdout.write(to_toml(config))
     return 0
 

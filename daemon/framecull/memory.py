@@ -1,24 +1,31 @@
 """The memory of kept frames: SQLite is the truth, a FAISS index is a cache of it.
 
-root/memory.sqlite  one row per kept frame: time, file, float16 embedding, the model that made
-                    it, the threshold in force, the nearest kept frame at the time
-root/index.faiss    the same embeddings for fast nearest-neighbour search; rebuilt from SQLite
-                    whenever it is missing, unreadable or does not hold exactly SQLite's rows
+root/memory.sqlite  one row per kept frame: time, file, float16 embedding (the full vector), the
+                    model that made it, the threshold in force, the nearest kept frame at the
+                    time, the frame's mean grey level
+root/index.faiss    what FAISS searches (the embeddings, or their pooled grid, see below);
+                    rebuilt from SQLite whenever it is missing, unreadable or does not hold
+                    exactly SQLite's rows
 
 The index is an IndexIDMap2 (ids = SQLite row ids) over an exhaustive inner-product index that
-stores float16 (IndexScalarQuantizer QT_fp16). SQLite already keeps float16, so this loses
-nothing, halves the RAM of IndexFlatIP and searches faster, memory bandwidth being the
-bottleneck. Vectors are L2-normalised, so inner
-product = cosine similarity and the distance reported is 1 - inner product, in [0, 2].
+stores float16 (IndexScalarQuantizer QT_fp16): half the RAM of IndexFlatIP, and faster to scan,
+memory bandwidth being the bottleneck. What it holds is L2-normalised, so inner product = cosine
+similarity, and distances are 1 - inner product, in [0, 2].
+
+Grid embeddings (Memory(grid=(cols, rows)) with an even number of cells each way) are indexed
+pooled: FAISS holds each 2 x 2 block of cells averaged, a quarter of the values, L2-normalised.
+It only finds candidates: search() takes the k nearest by the pooled vectors, reads their full
+vectors from SQLite and returns them ordered by their exact cosine distance to the full query;
+get_vectors() always reads SQLite. For the default model (16 x 12 cells x 12 channels = 2304-d)
+the index holds 576-d vectors, about 115 MB at 100,000 kept frames, where the full vectors would
+need 460 MB; the full vectors (about 470 MB of memory.sqlite at 100k) stay on disk. Only the k
+candidates are re-ranked, so with a small k the true nearest can be missed: ask for tens (the
+novelty gate asks for 32). Other embeddings (no grid, or an odd one) are indexed as they are, and
+search() reports the index's own distances.
 
 Each change commits to SQLite first, then touches the index in memory; the index file is only
-written by save(). A crash at any moment therefore loses nothing that was committed: at the next
-start the index file disagrees with SQLite and is rebuilt from it.
-
-Grid embeddings (an even number of cells each way) are indexed pooled: FAISS holds each 2 x 2
-block of cells averaged, a quarter of the values, and only finds the candidates; their exact
-distances and cell-by-cell comparisons use the full vectors from SQLite. That keeps the RAM of
-100k fine-grid frames near that of a coarse grid.
+written by save() (and so by close()). A crash at any moment therefore loses nothing that was
+committed: at the next start the index file disagrees with SQLite and is rebuilt from it.
 
 Threading: one writer thread owns a Memory (the pipeline's), and only one process opens a root
 at a time. No locks are taken; FAISS runs single-threaded.
@@ -32,6 +39,8 @@ them again.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import sqlite3
@@ -58,7 +67,8 @@ CREATE TABLE IF NOT EXISTS kept (
 );
 CREATE INDEX IF NOT EXISTS kept_time ON kept (time);
 """
-REBUILD_BATCH = 10_000  # rows per step when rebuilding, so memory use stays near the index size
+REBUILD_BATCH = 1_000  # rows per step when rebuilding, so memory use stays near the index size
+MIN_CANDIDATES = 32  # FAISS candidates re-ranked exactly: the pooled index only approximates the order
 INDEX_FILE = "index.faiss"
 FP16 = faiss.ScalarQuantizer.QT_fp16
 
@@ -188,6 +198,7 @@ class Memory:
             with self._db:
                 self._db.executemany("DELETE FROM kept WHERE id = ?", [(i,) for i in malformed])
         self._dirty = True
+        _release_freed_memory()
         return index
 
     # -- use -----------------------------------------------------------------------------
@@ -204,12 +215,14 @@ class Memory:
         if self._index.ntotal == 0 or k < 1:
             return []
         query = self._vector(vector)
-        similarities, ids = self._index.search(self._index_vectors(query[None]), min(k, self._index.ntotal))
-        found = [int(i) for i in ids[0] if i != -1]
         if self.grid is None:
-            return [(i, float(np.clip(1.0 - s, 0.0, 2.0))) for i, s in zip(found, similarities[0])]
+            similarities, ids = self._index.search(query[None], min(k, self._index.ntotal))
+            return [(int(i), float(np.clip(1.0 - s, 0.0, 2.0))) for s, i in zip(similarities[0], ids[0]) if i != -1]
+        wanted = min(max(k, MIN_CANDIDATES), self._index.ntotal)
+        _, ids = self._index.search(self._index_vectors(query[None]), wanted)
+        found = [int(i) for i in ids[0] if i != -1]
         exact = 1.0 - self.get_vectors(found) @ query
-        order = np.argsort(exact, kind="stable")
+        order = np.argsort(exact, kind="stable")[:k]
         return [(found[j], float(np.clip(exact[j], 0.0, 2.0))) for j in order]
 
     def add(self, vector, time: float, file: str, threshold: float,
@@ -319,6 +332,9 @@ class Memory:
         """
         rows = self._db.execute("SELECT id, time, file, embedding, threshold, nearest_id, nearest_distance"
                                 " FROM kept ORDER BY id").fetchall()
+        embeddings = np.empty((len(rows), self.dim), dtype=np.float16)
+        for n, row in enumerate(rows):
+            embeddings[n] = np.frombuffer(row[3], "<f2")
         path = Path(path)
         temp = path.with_name(path.name + ".tmp")
         with open(temp, "wb") as f:
@@ -327,7 +343,7 @@ class Memory:
                 ids=np.array([r[0] for r in rows], dtype=np.int64),
                 times=np.array([r[1] for r in rows], dtype=np.float64),
                 files=np.array([r[2] for r in rows], dtype=str),
-                embeddings=np.array([np.frombuffer(r[3], "<f2") for r in rows], dtype=np.float16).reshape(-1, self.dim),
+                embeddings=embeddings,
                 thresholds=np.array([r[4] for r in rows], dtype=np.float64),
                 nearest_ids=np.array([-1 if r[5] is None else r[5] for r in rows], dtype=np.int64),
                 nearest_distances=np.array([np.nan if r[6] is None else r[6] for r in rows], dtype=np.float64),
@@ -338,6 +354,16 @@ class Memory:
             os.fsync(f.fileno())
         os.replace(temp, path)
         return len(rows)
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap that a rebuild freed back to the OS (glibc keeps it otherwise: +150 MB
+    resident after rebuilding 100k fine-grid vectors). A no-op where malloc_trim is missing."""
+    libc = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(libc).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 def _from_blob(blob: bytes) -> np.ndarray:
