@@ -257,26 +257,31 @@ def test_kill_9_while_adding_leaves_a_consistent_memory(tmp_path):
     assert not list(tmp_path.glob("index.faiss.tmp*"))
 
 
-def test_pooled_grid_index_finds_the_exact_nearest_and_survives_a_rebuild(tmp_path, caplog):
+def test_pooled_grid_index_finds_the_nearest_and_survives_a_rebuild(tmp_path, caplog):
     grid, channels = (16, 12), 12
     dim = grid[0] * grid[1] * channels
     rng = np.random.default_rng(7)
-    base = unit_vectors(1, seed=1, dim=dim)[0]
-    # 300 near-duplicates of one scene (as a fixed camera makes) and one query among them
-    stored = base + 0.05 * rng.normal(size=(300, dim)).astype(np.float32)
+    # 30 scenes, each kept 10 times with a little noise, as a fixed camera makes them
+    scenes = unit_vectors(30, seed=1, dim=dim)
+    stored = np.repeat(scenes, 10, axis=0) + 0.002 * rng.normal(size=(300, dim)).astype(np.float32)
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
-    query = base + 0.05 * rng.normal(size=dim).astype(np.float32)
-    query /= np.linalg.norm(query)
     memory = Memory(tmp_path, "sha-grid", dim, grid=grid)
     assert memory.index_dim == dim // 4
     ids = fill(memory, stored)
-    exact = 1.0 - stored.astype(np.float16).astype(np.float32) @ query
-    [(nearest, distance)] = memory.search(query, k=1)
-    assert nearest == ids[int(np.argmin(exact))]
-    assert distance == pytest.approx(float(exact.min()), abs=1e-3)
-    assert np.array_equal(memory.get_vectors([ids[5]])[0], stored[5].astype(np.float16).astype(np.float32))
+    exact_vectors = stored.astype(np.float16).astype(np.float32)
+    for scene in (0, 17, 29):
+        query = scenes[scene] + 0.002 * rng.normal(size=dim).astype(np.float32)
+        query /= np.linalg.norm(query)
+        exact = 1.0 - exact_vectors @ query
+        [(nearest, distance)] = memory.search(query, k=1)
+        assert ids.index(nearest) // 10 == scene, "a frame of another scene came back"
+        assert distance == pytest.approx(float(1.0 - exact_vectors[ids.index(nearest)] @ query), abs=1e-5)
+        assert distance <= exact.min() + 0.002
+    [(same, zero)] = memory.search(stored[42], k=1)
+    assert same == ids[42] and zero < 1e-3
+    assert np.array_equal(memory.get_vectors([ids[5]])[0], exact_vectors[5])
     memory.close()
     (tmp_path / "index.faiss").unlink()
     with caplog.at_level(logging.WARNING), Memory(tmp_path, "sha-grid", dim, grid=grid) as again:
-        assert len(again) == 300 and again.search(query, k=1)[0][0] == nearest
+        assert len(again) == 300 and again.search(stored[42], k=1)[0][0] == ids[42]
     assert "rebuilding" in caplog.text
