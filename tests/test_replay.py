@@ -55,8 +55,10 @@ def test_replay_writes_one_decision_per_frame_and_the_kept_frames(tmp_path):
     for quiet in (range(1, 20), range(32, 60), range(72, 100)):
         assert len(kept_indices & set(quiet)) <= 1, sorted(kept_indices & set(quiet))
     dropped = [d for d in decisions if not d["kept"]]
-    assert dropped and all("changed" in d["scores"]["change"] for d in decisions)
-    assert {d["stage"] for d in dropped} <= {"change", "novelty", "pacing"}
+    assert dropped and all("moving" in d["scores"]["motion_vectors"] for d in decisions)
+    assert {d["stage"] for d in dropped} <= {"motion_vectors", "change", "novelty", "pacing"}
+    assert any(d["stage"] == "motion_vectors" for d in dropped), "the H.264 vectors dropped no still frame"
+    assert all("changed" in d["scores"]["change"] for d in decisions if d["stage"] != "motion_vectors")
     assert f"frames in: 100" in result.stdout and f"kept: {len(kept)}" in result.stdout
     assert "frames/s" in result.stdout
 

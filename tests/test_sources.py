@@ -95,8 +95,10 @@ def test_registry_opens_the_configured_kind(tmp_path):
     config = Config.model_validate({"source": {"kind": "folder", "uri": str(tmp_path)}, "gates": {"change": {"width": 32}}})
     with open_source(config) as source:
         assert isinstance(source, FolderSource) and source.width == 32
-    with pytest.raises(SourceError, match="rtsp"):
-        open_source(Config.model_validate({"source": {"kind": "rtsp", "uri": "rtsp://127.0.0.1/x"}}))
+    with pytest.raises(SourceError, match="not a URL"):
+        open_source(Config.model_validate({"source": {"kind": "rtsp", "uri": "camera-1"}}))
+    with pytest.raises(SourceError, match="camera number"):
+        open_source(Config.model_validate({"source": {"kind": "picamera2", "uri": "/dev/video0"}}))
 
 
 def test_throttle_keeps_the_requested_rate():

@@ -141,6 +141,20 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from framecull.probe import format_probe, kind_for_uri, probe
+
+    config = _load(args.config)
+    if args.source:
+        kind = kind_for_uri(args.source)
+        uri = "" if kind == "picamera2" and args.source == "picamera2" else args.source
+        source = config.source.model_copy(update={"kind": kind, "uri": uri})
+        config = config.model_copy(update={"source": source})
+    report = probe(open_source(config), seconds=args.seconds, change=config.gates.change)
+    sys.stdout.write(json.dumps(report) + "\n" if args.json else format_probe(report))
+    return 0 if report["frames"] else 1
+
+
 def _memory_root(args, config: Config) -> Path:
     return Path(args.root) if args.root else config.store_root
 
@@ -209,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="per-camera TOML (default: built-in defaults)")
     p.add_argument("--scene", default="parking_lot", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("probe", help="read a camera for a few seconds: resolution, fps, motion vectors, drops, "
+                                     "change-gate pass rate")
+    p.add_argument("source", nargs="?", help="rtsp://..., /dev/video0, picamera2, a file or folder "
+                                             "(default: the config's [source])")
+    p.add_argument("--config", help="per-camera TOML: its [source] settings and [gates.change] masks")
+    p.add_argument("--seconds", type=float, default=5.0, help="how long to read (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("memory", help="the memory of kept frames: stats, rebuild (after a model change), export")
     p.add_argument("action", choices=["stats", "rebuild", "export"])

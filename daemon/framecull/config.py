@@ -34,7 +34,7 @@ def parse_duration(value: str | int | float) -> float:
     return seconds
 
 
-Duration = Annotated[float, Field(ge=0)]
+Duration = Annotated[float, Field(ge=0)]  # seconds; the TOML may say "30m" (see parse_duration)
 
 
 class Section(BaseModel):
@@ -45,12 +45,40 @@ class SourceConfig(Section):
     kind: Literal["picamera2", "v4l2", "rtsp", "file", "folder", "synthetic"] = "synthetic"
     uri: str = ""  # device, URL, file or folder, by kind; for synthetic: the scene name
     fps: float = Field(0.0, ge=0.0, le=120.0)  # frames analysed per second; 0 = every frame
+    # Live cameras (rtsp, v4l2, picamera2):
+    capture_size: tuple[int, int] = (0, 0)  # (width, height) asked of the camera; (0, 0) = its default
+    capture_fps: float = Field(0.0, ge=0.0, le=120.0)  # frame rate asked of the camera; 0 = its default
+    fourcc: str = Field("MJPG", pattern=r"^([A-Za-z0-9]{4})?$")  # v4l2 pixel format; "" = the driver's
+    transport: Literal["tcp", "udp"] = "tcp"  # rtsp
+    timeout: Duration = 5.0  # a read that takes longer means the camera is gone (opening: twice this)
+    reconnect_max: Duration = 60.0  # reconnect delays double from 1 s up to this
+
+    @field_validator("timeout", "reconnect_max", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        return parse_duration(v)
+
+    @field_validator("timeout", "reconnect_max")
+    @classmethod
+    def _at_least_a_second(cls, v: float) -> float:
+        if not 1.0 <= v <= 3600.0:
+            raise ValueError("must be between 1 s and 1 h")
+        return v
+
+    @field_validator("capture_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if (v[0] == 0) != (v[1] == 0) or not (0 <= v[0] <= 8192 and 0 <= v[1] <= 8192):
+            raise ValueError("give both width and height (up to 8192), or [0, 0] for the camera's default")
+        return v
 
 
 class MotionVectorsConfig(Section):
     enabled: bool = True
-    min_magnitude: float = Field(1.0, ge=0.0, le=64.0)  # pixels
-    min_area: Fraction = 0.002
+    min_magnitude: float = Field(1.0, ge=0.0, le=64.0)  # pixels a 16x16 block must move
+    min_area: Fraction = 0.002  # fraction of the frame the moving blocks must cover
+    min_cluster: int = Field(2, ge=2, le=1000)  # moving blocks that must touch; a lone block is noise
+    hold_frames: int = Field(5, ge=0, le=10000)  # frames passed after motion stops (event ends, B-frames)
 
 
 class Mask(Section):

@@ -22,31 +22,45 @@ class Frame:
 
     index      0-based position in the source (frames the source skipped keep their numbers)
     timestamp  capture time, seconds since the epoch (UTC)
-    gray       uint8 analysis plane, already at the configured analysis width
+    gray       uint8 analysis plane, already at the configured analysis width; sources may
+               supply it lazily (load_gray) so that frames the motion-vector gate drops are
+               never even read
     image      BGR uint8 picture at full resolution; sources may supply it lazily so that frames
                dropped early are never converted
-    motion_vectors  structured array of H.264 vectors, or None when the source has none
+    motion_vectors  structured array of framecull.motion_vectors.MOTION_VECTOR_DTYPE, or None
+               when unknown (key frame, or a source without vectors)
     """
 
-    __slots__ = ("index", "timestamp", "gray", "motion_vectors", "_image", "_load_image")
+    __slots__ = ("index", "timestamp", "motion_vectors", "_gray", "_load_gray", "_image", "_load_image")
 
     def __init__(
         self,
         index: int,
         timestamp: float,
-        gray: np.ndarray,
+        gray: np.ndarray | None = None,
         image: np.ndarray | None = None,
         load_image: Callable[[], np.ndarray] | None = None,
         motion_vectors: np.ndarray | None = None,
+        load_gray: Callable[[], np.ndarray] | None = None,
     ) -> None:
+        if gray is None and load_gray is None:
+            raise ValueError("a Frame needs a gray plane or a way to load one")
         if image is None and load_image is None:
             raise ValueError("a Frame needs an image or a way to load one")
         self.index = index
         self.timestamp = timestamp
-        self.gray = gray
         self.motion_vectors = motion_vectors
+        self._gray = gray
+        self._load_gray = load_gray
         self._image = image
         self._load_image = load_image
+
+    @property
+    def gray(self) -> np.ndarray:
+        if self._gray is None:
+            self._gray = self._load_gray()
+            self._load_gray = None
+        return self._gray
 
     @property
     def image(self) -> np.ndarray:
@@ -61,4 +75,5 @@ class Frame:
         return cls(index, timestamp, analysis_plane(gray, width), image=image)
 
     def __repr__(self) -> str:
-        return f"Frame(index={self.index}, timestamp={self.timestamp:.3f}, gray={self.gray.shape})"
+        gray = "not loaded" if self._gray is None else self._gray.shape
+        return f"Frame(index={self.index}, timestamp={self.timestamp:.3f}, gray={gray})"

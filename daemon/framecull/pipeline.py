@@ -177,8 +177,14 @@ def build_pipeline(config, store=None, memory_root: Path | None = None, rebuild:
     The novelty gate's memory lives in `memory_root` (default: the store root).
     """
     from framecull.gates.change import ChangeGate
+    from framecull.gates.motion import MotionVectorGate
 
-    gates: list[Gate] = [ChangeGate(config.gates.change)]
+    gates: list[Gate] = []
+    mv = config.gates.motion_vectors
+    if mv.enabled:
+        gates.append(MotionVectorGate(mv.min_magnitude, mv.min_area, mv.min_cluster, mv.hold_frames,
+                                      regions=config.gates.change))
+    gates.append(ChangeGate(config.gates.change))
     novelty = config.gates.novelty
     if novelty.enabled:
         from framecull.gates.novelty import NoveltyGate, load_embedder

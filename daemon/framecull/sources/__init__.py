@@ -64,12 +64,31 @@ def open_source(config: Config) -> Source:
     if kind == "file":
         from framecull.sources.video import VideoFileSource
 
-        return VideoFileSource(uri, width)
+        return VideoFileSource(uri, width, motion_vectors=config.gates.motion_vectors.enabled)
     if kind == "synthetic":
         from framecull.sources.synthetic import SyntheticSource
 
         return SyntheticSource(uri or "parking_lot", width)
-    raise SourceError(f"source kind {kind!r} is not available yet in this build")
+    s = config.source
+    if kind == "rtsp":
+        from framecull.sources.rtsp import RtspSource
+
+        return RtspSource(uri, width, transport=s.transport, open_timeout=2 * s.timeout, read_timeout=s.timeout,
+                          reconnect_max=s.reconnect_max)
+    if kind == "v4l2":
+        from framecull.sources.v4l2 import V4l2Source
+
+        return V4l2Source(uri or "/dev/video0", width, fourcc=s.fourcc, capture_size=s.capture_size,
+                          capture_fps=s.capture_fps, read_timeout=s.timeout, reconnect_max=s.reconnect_max)
+    if kind == "picamera2":
+        from framecull.sources.picamera2 import Picamera2Source
+
+        if uri and not uri.isdigit():
+            raise SourceError(f"picamera2 source: uri must be a camera number (0, 1, ...), not {uri!r}")
+        return Picamera2Source(width, camera=int(uri or 0), capture_size=s.capture_size, capture_fps=s.capture_fps,
+                               motion_vectors=config.gates.motion_vectors.enabled, read_timeout=s.timeout,
+                               reconnect_max=s.reconnect_max)
+    raise SourceError(f"unknown source kind {kind!r}")
 
 
 def iter_frames(source: Source, fps: float) -> Iterator[Frame]:

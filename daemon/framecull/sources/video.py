@@ -1,4 +1,9 @@
-"""Video file source: any video PyAV can decode. A truncated or damaged file ends cleanly."""
+"""Video file source: any video PyAV can decode. A truncated or damaged file ends cleanly.
+
+Motion vectors come from the decoder (H.264 and the MPEG-4 family), or, when a legacy
+Raspberry Pi vector file with the same stem sits next to the video (clip.h264 + clip.mv), from
+that file: record i belongs to decoded frame i.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Iterator
 import av
 import numpy as np
 
+from framecull import motion_vectors as mv
 from framecull.frame import Frame, analysis_plane
 from framecull.sources import Source, SourceError
 
@@ -29,14 +35,25 @@ def gray_plane(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="gray")
 
 
-def _bgr_loader(frame: av.VideoFrame):
-    return lambda: frame.to_ndarray(format="bgr24")
+def make_frame(av_frame: av.VideoFrame, index: int, timestamp: float, width: int) -> Frame:
+    """A Frame of a decoded picture: gray plane (at analysis `width`) and BGR image are built only
+    when a gate asks for them; motion vectors from the decoder's side data, None when it has
+    none (key frame, or a decoder asked for no export: see framecull.motion_vectors.request_export)."""
+    return Frame(
+        index,
+        timestamp,
+        load_gray=lambda: analysis_plane(gray_plane(av_frame), width),
+        load_image=lambda: av_frame.to_ndarray(format="bgr24"),
+        motion_vectors=mv.from_av_frame(av_frame),
+    )
 
 
 class VideoFileSource(Source):
     kind = "file"
 
-    def __init__(self, path: str | Path, width: int) -> None:
+    def __init__(self, path: str | Path, width: int, motion_vectors: bool = True) -> None:
+        """`motion_vectors`: read vectors (decoder export or .mv file); False spares the work when
+        no gate uses them."""
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"file source: {self.path} does not exist or is not a file")
@@ -54,6 +71,26 @@ class VideoFileSource(Source):
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else 25.0
         self.errors = 0
+        self.sidecar: Path | None = None  # legacy Raspberry Pi vectors next to the video
+        self._sidecar_file = None
+        if motion_vectors and self.path.with_suffix(".mv").is_file():
+            self.sidecar = self.path.with_suffix(".mv")
+            self._open_sidecar()
+            self.has_motion_vectors = True
+        elif motion_vectors:
+            self.has_motion_vectors = mv.request_export(self.stream)
+
+    def _open_sidecar(self) -> None:
+        width, height = self.stream.codec_context.width, self.stream.codec_context.height
+        if width <= 0 or height <= 0:
+            self.container.close()
+            raise SourceError(f"file source: {self.path} has no picture size to read {self.sidecar} with")
+        frame_bytes = mv.legacy_frame_bytes(width, height)
+        size = self.sidecar.stat().st_size
+        if size % frame_bytes:
+            log.warning("%s: %d bytes is not a whole number of %dx%d vector frames (%d bytes each): "
+                        "cut short, or recorded at another resolution", self.sidecar, size, width, height, frame_bytes)
+        self._sidecar_file = self.sidecar.open("rb")
 
     def frames(self) -> Iterator[Frame]:
         start = time.time()
@@ -61,6 +98,10 @@ class VideoFileSource(Source):
         first_time = None
         consecutive_errors = 0
         packets = self.container.demux(self.stream)
+        sidecar = None
+        if self._sidecar_file is not None:
+            sidecar = mv.read_legacy(self._sidecar_file, self.stream.codec_context.width,
+                                     self.stream.codec_context.height)
         while True:
             try:
                 packet = next(packets)
@@ -79,9 +120,18 @@ class VideoFileSource(Source):
             for av_frame in decoded:
                 t = av_frame.time if av_frame.time is not None else index / self.fps
                 first_time = t if first_time is None else first_time
-                gray = analysis_plane(gray_plane(av_frame), self.width)
-                yield Frame(index, start + t - first_time, gray, load_image=_bgr_loader(av_frame))
+                frame = make_frame(av_frame, index, start + t - first_time, self.width)
+                if sidecar is not None:
+                    vectors = next(sidecar, None)
+                    if vectors is None:
+                        log.warning("%s: no motion vectors after frame %d", self.sidecar, index - 1)
+                        sidecar = None
+                    elif not mv.is_intra_frame(av_frame):
+                        frame.motion_vectors = vectors
+                yield frame
                 index += 1
 
     def close(self) -> None:
         self.container.close()
+        if self._sidecar_file is not None:
+            self._sidecar_file.close()

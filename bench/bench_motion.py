@@ -1,0 +1,181 @@
+"""Motion vectors: decode frames/s with and without vector export, the per-frame cost of the
+motion-vector gate against the change gate, and replay frames/s with the motion-vector gate in
+front of the change gate, or not (the replays store kept frames as JPEG, like the daemon).
+
+Prints figures; not a pass/fail test. Run: .venv/bin/python bench/bench_motion.py
+Decoding uses PyAV's default threading (thread_type AUTO), as the file source does.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from scenes import textured_background, to_bgr  # noqa: E402
+
+from framecull import motion_vectors  # noqa: E402
+from framecull.config import Config  # noqa: E402
+from framecull.frame import Frame, analysis_plane  # noqa: E402
+from framecull.gates.change import ChangeGate  # noqa: E402
+from framecull.gates.motion import MotionVectorGate  # noqa: E402
+from framecull.pipeline import Pipeline, build_pipeline  # noqa: E402
+from framecull.sources.video import VideoFileSource, gray_plane  # noqa: E402
+from framecull.store import Store  # noqa: E402
+
+SHARED_CLIP = (Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
+               / "intel_one-by-one-person-detection.mp4")
+FRAMES = 300
+
+
+def encode_clip(path: Path, width: int, height: int) -> Path:
+    """300 frames at 10 fps: a textured patch crossing a noisy textured scene twice, still in between."""
+    rng = np.random.default_rng(0)
+    scene = textured_background(height=height, width=width)
+    size = height // 5
+    patch = cv2.normalize(cv2.GaussianBlur(rng.uniform(0, 255, (size, size)).astype(np.float32), (0, 0), 1.5),
+                          None, 20, 235, cv2.NORM_MINMAX)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "crf": "23"}
+        for i in range(FRAMES):
+            picture = scene.copy()
+            if i % 150 < 75:
+                x = (i % 150) * (width - size) // 75
+                picture[height // 2 - size // 2: height // 2 + size // 2, x: x + size] = patch
+            frame = av.VideoFrame.from_ndarray(to_bgr(picture, rng), format="bgr24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def decode_fps(path: Path, threads: str, export: bool, work) -> float:
+    """Best of 3 runs: frames/s of decoding `path` and calling `work(frame)` on every frame."""
+    best = 0.0
+    for _ in range(3):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = threads
+            if export:
+                motion_vectors.request_export(stream)  # which sets slice threads
+            start = time.perf_counter()
+            n = 0
+            for frame in container.decode(stream):
+                work(frame)
+                n += 1
+            best = max(best, n / (time.perf_counter() - start))
+    return best
+
+
+def gate_costs(clip: Path) -> tuple[float, float]:
+    """Microseconds per frame, one core, best of 3: vectors + motion-vector gate; gray plane + change gate."""
+    config = Config()
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        motion_vectors.request_export(stream)
+        frames = list(container.decode(stream))
+    mv_cost = change_cost = float("inf")
+    for _ in range(3):
+        mv_gate, change_gate = MotionVectorGate(regions=config.gates.change), ChangeGate(config.gates.change)
+        start = time.perf_counter()
+        for i, frame in enumerate(frames):
+            mv_gate.judge(Frame(i, i / 10, load_gray=lambda: None, load_image=lambda: None,
+                                motion_vectors=motion_vectors.from_av_frame(frame)))
+        mv_cost = min(mv_cost, (time.perf_counter() - start) / len(frames))
+        start = time.perf_counter()
+        for i, frame in enumerate(frames):
+            change_gate.judge(Frame(i, i / 10, analysis_plane(gray_plane(frame), config.gates.change.width),
+                                    load_image=lambda: None))
+        change_cost = min(change_cost, (time.perf_counter() - start) / len(frames))
+    return mv_cost * 1e6, change_cost * 1e6
+
+
+def replay(clip: Path, gates_for, runs: int = 3) -> tuple[float, float, Counter, int]:
+    """Best frames/s and CPU ms/frame (all threads) of `runs`, decisions by stage and frames kept,
+    for the pipeline `gates_for` builds."""
+    best, best_cpu = 0.0, float("inf")
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as out:
+            config = Config()
+            store = Store(out, config.camera, config.store.quality, config.digest(), 0)
+            pipeline = gates_for(config, store, Path(out))
+            uses_vectors = any(isinstance(gate, MotionVectorGate) for gate in pipeline.gates)
+            source = VideoFileSource(clip, config.gates.change.width, motion_vectors=uses_vectors)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            decisions = list(pipeline.run(source.frames()))
+            best = max(best, len(decisions) / (time.perf_counter() - start))
+            best_cpu = min(best_cpu, (time.process_time() - start_cpu) / len(decisions) * 1000)
+            pipeline.close()
+            source.close()
+    return best, best_cpu, Counter(d.stage for d in decisions), sum(d.kept for d in decisions)
+
+
+def change_only(config, store, out):
+    return Pipeline([ChangeGate(config.gates.change)], store)
+
+
+def mv_then_change(config, store, out):
+    return Pipeline([MotionVectorGate(regions=config.gates.change), ChangeGate(config.gates.change)], store)
+
+
+def full(config, store, out):
+    return build_pipeline(config, store, memory_root=out)
+
+
+def full_with_mv(config, store, out):
+    pipeline = build_pipeline(config, store, memory_root=out)
+    pipeline.gates.insert(0, MotionVectorGate(regions=config.gates.change))
+    return pipeline
+
+
+PIPELINES = (("change", change_only), ("motion_vectors + change", mv_then_change),
+             ("change + novelty (build_pipeline)", full), ("motion_vectors + change + novelty", full_with_mv))
+
+
+def print_replays(clip: Path) -> None:
+    for label, gates_for in PIPELINES:
+        fps, cpu, stages, kept = replay(clip, gates_for)
+        print(f"  {label:34s} {fps:5.0f} frames/s, {cpu:5.2f} CPU ms/frame, kept {kept:4d}, ended at: {dict(stages)}")
+
+
+def main() -> None:
+    print(f"decode frames/s, best of 3 ({FRAMES} frames of H.264, libx264 veryfast crf 23, B-frames on;")
+    print("  export_mvs needs slice threads, see motion_vectors.request_export):")
+    with tempfile.TemporaryDirectory() as tmp:
+        for width, height in ((640, 480), (1280, 720)):
+            clip = encode_clip(Path(tmp) / f"clip{width}.mp4", width, height)
+            frame_threads = decode_fps(clip, "AUTO", False, lambda f: None)
+            slice_threads = decode_fps(clip, "SLICE", False, lambda f: None)
+            exported = decode_fps(clip, "SLICE", True, lambda f: None)
+            vectors = decode_fps(clip, "SLICE", True, motion_vectors.from_av_frame)
+            gray = decode_fps(clip, "AUTO", False, lambda f: analysis_plane(gray_plane(f), 320))
+            print(f"  {width}x{height}: decode, frame threads {frame_threads:5.0f} | slice threads {slice_threads:5.0f} "
+                  f"| + export_mvs {exported:5.0f} | + vectors to numpy {vectors:5.0f} "
+                  f"|| frame threads + gray plane at 320 {gray:5.0f}")
+        cv2.setNumThreads(1)
+        mv_cost, change_cost = gate_costs(Path(tmp) / "clip1280.mp4")
+        cv2.setNumThreads(0)
+        print(f"per frame of the 1280x720 clip, one core: vectors + motion-vector gate {mv_cost:.0f} us | "
+              f"gray plane + change gate (width 320) {change_cost:.0f} us")
+        print("replay (best of 3) of the generated 1280x720 clip (still half the time), default config, all frames:")
+        print_replays(Path(tmp) / "clip1280.mp4")
+
+    if not SHARED_CLIP.is_file():
+        print(f"replay: {SHARED_CLIP.name} skipped, shared test data not found at {SHARED_CLIP.parent}")
+        return
+    print(f"replay (best of 3) of {SHARED_CLIP.name} (768x432 H.264, B-frames), default config, all frames:")
+    print_replays(SHARED_CLIP)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""Motion vectors from real H.264 (encoded here with libx264, decoded with PyAV), the legacy
+Raspberry Pi vector format, and the motion-vector gate."""
+
+import io
+import logging
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from framecull.config import ChangeConfig, Mask
+from framecull.frame import Frame
+from framecull.gates.change import ChangeGate
+from framecull.gates.motion import MotionVectorGate
+from framecull.motion_vectors import (
+    MOTION_VECTOR_DTYPE,
+    legacy_frame_bytes,
+    parse_legacy,
+    read_legacy,
+)
+from framecull.pipeline import Pipeline
+from framecull.sources.video import VideoFileSource, make_frame
+from scenes import textured_background, to_bgr
+
+WIDTH, HEIGHT = 320, 240
+GRID = (HEIGHT // 16, WIDTH // 16)  # 15 rows x 20 columns of macroblocks
+PATCH = 48
+
+
+def textured_patch(seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    patch = cv2.GaussianBlur(rng.uniform(0, 255, (PATCH, PATCH)).astype(np.float32), (0, 0), 1.5)
+    return cv2.normalize(patch, None, 20, 235, cv2.NORM_MINMAX)
+
+
+def render(positions, seed=0, noise=2.0):
+    """BGR frames of a fixed scene with a textured patch at each (x, y)."""
+    rng = np.random.default_rng(seed)
+    scene, patch = textured_background(height=HEIGHT, width=WIDTH), textured_patch()
+    frames = []
+    for x, y in positions:
+        picture = scene.copy()
+        picture[y : y + PATCH, x : x + PATCH] = patch
+        frames.append(to_bgr(picture, rng, noise=noise))
+    return frames
+
+
+def encode(path, images, gop=30, fps=10, preset="ultrafast"):
+    """Real H.264 with libx264; a raw .h264 stream when the path says so."""
+    h, w = images[0].shape[:2]
+    with av.open(str(path), "w", format="h264" if path.suffix == ".h264" else None) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"preset": preset, "crf": "20"}
+        for image in images:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def decode(path, width=160):
+    with VideoFileSource(path, width) as source:
+        return list(source.frames())
+
+
+def judge_all(gate, frames):
+    return [gate.judge(f) for f in frames]
+
+
+# A patch parked for 10 frames, sliding right 3 px a frame for 15, parked again for 15;
+# key frames at 0 and 30.
+STOP_GO_STOP = [(60, 100)] * 10 + [(60 + 3 * i, 100) for i in range(1, 16)] + [(105, 100)] * 15
+MOVING = set(range(10, 25))
+
+
+@pytest.fixture(scope="module")
+def stop_go_stop(tmp_path_factory):
+    return encode(tmp_path_factory.mktemp("mv") / "stop_go_stop.mp4", render(STOP_GO_STOP))
+
+
+def fast_blocks(vectors, min_magnitude=1.0):
+    moving = np.hypot(vectors["dx"], vectors["dy"]) > min_magnitude
+    return vectors[moving & (vectors["source"] != 0)]
+
+
+def overlap(vectors, x, y, size):
+    """Which blocks overlap the square (x, y, size)."""
+    return ((vectors["x"] < x + size) & (vectors["x"] + vectors["w"] > x)
+            & (vectors["y"] < y + size) & (vectors["y"] + vectors["h"] > y))
+
+
+def test_static_scene_with_sensor_noise_has_no_motion(tmp_path):
+    frames = decode(encode(tmp_path / "static.mp4", render([(60, 100)] * 20, noise=3.0)))
+    assert frames[0].motion_vectors is None  # the key frame
+    for frame in frames[1:]:
+        vectors = frame.motion_vectors
+        assert vectors.dtype == MOTION_VECTOR_DTYPE
+        assert len(vectors) >= GRID[0] * GRID[1]  # every macroblock has a vector or an intra row
+        assert len(fast_blocks(vectors)) <= 5  # scattered noise vectors, if any
+    verdicts = judge_all(MotionVectorGate(), frames)
+    assert [v.passed for v in verdicts] == [True] + [False] * 19
+
+
+def test_a_moving_object_gives_vectors_at_its_position_and_in_its_direction(tmp_path):
+    # Diagonal: right 3 px and down 2 px a frame. The vectors say where a block's content came
+    # from in the previous frame: up and to the left, so dx < 0 and dy < 0.
+    positions = [(40 + 3 * i, 60 + 2 * i) for i in range(20)]
+    frames = decode(encode(tmp_path / "moving.mp4", render(positions)))
+    for frame, (x, y) in zip(frames[2:], positions[2:]):
+        fast = fast_blocks(frame.motion_vectors)
+        assert len(fast) >= 4
+        assert overlap(fast, x, y, PATCH).mean() >= 0.75, (frame.index, fast)
+        # The others are background blocks along the object's edge, matched to where it was.
+        assert overlap(fast, x - 16, y - 16, PATCH + 32).all(), (frame.index, fast)
+        assert np.median(fast["dx"]) == pytest.approx(-3, abs=0.75)
+        assert np.median(fast["dy"]) == pytest.approx(-2, abs=0.75)
+        assert set(fast["source"]) == {-1}
+
+
+def test_the_gate_drops_static_frames_and_passes_moving_ones(stop_go_stop):
+    frames = decode(stop_go_stop)
+    verdicts = judge_all(MotionVectorGate(hold_frames=0), frames)
+    passed = {i for i, v in enumerate(verdicts) if v.passed}
+    assert passed == {0, 30} | MOVING
+    for i in MOVING:
+        assert verdicts[i].scores["blocks"] >= 4 and verdicts[i].scores["clusters"] >= 1
+        assert verdicts[i].scores["moving"] >= 0.002
+
+
+def test_b_frames_partitions_and_noise_of_a_slower_preset(tmp_path):
+    # veryfast: B-frames (vectors from a future reference too), 8x8 partitions, subpixel search,
+    # which finds motion in sensor noise more readily than ultrafast does.
+    clip = encode(tmp_path / "veryfast.mp4", render(STOP_GO_STOP, noise=3.0), preset="veryfast")
+    frames = decode(clip)
+    # Decoding again gives the same vectors (FFmpeg's frame threads would not: request_export).
+    for frame, again in zip(frames, decode(clip)):
+        assert (frame.motion_vectors is None and again.motion_vectors is None) or np.array_equal(
+            frame.motion_vectors, again.motion_vectors)
+    b_frames = [f for f in frames if f.motion_vectors is not None and (f.motion_vectors["source"] == 1).any()]
+    assert len(b_frames) >= 20
+    # On the object (moving right), a past reference has it to the left, a future one to the right.
+    on_object = []
+    for frame in b_frames:
+        if frame.index in MOVING:
+            fast = fast_blocks(frame.motion_vectors)
+            on_object.append(fast[overlap(fast, *STOP_GO_STOP[frame.index], PATCH)])
+    on_object = np.concatenate(on_object)
+    past, future = on_object[on_object["source"] == -1], on_object[on_object["source"] == 1]
+    assert len(past) >= 20 and len(future) >= 20
+    assert np.median(past["dx"]) < -1 and np.median(future["dx"]) > 1
+    verdicts = judge_all(MotionVectorGate(hold_frames=0), frames)
+    assert all(verdicts[i].passed for i in MOVING)
+    still_passed = [i for i, v in enumerate(verdicts) if v.passed and i not in MOVING | {0, 30}]
+    assert len(still_passed) <= 5, still_passed  # of 23 still frames
+
+
+def test_key_frames_are_unknown_and_pass(stop_go_stop):
+    frames = decode(stop_go_stop)
+    assert [f.index for f in frames if f.motion_vectors is None] == [0, 30]
+    gate = MotionVectorGate()
+    for frame in frames:
+        verdict = gate.judge(frame)
+        if frame.index in (0, 30):
+            assert verdict.passed and verdict.scores["unknown"] is True and verdict.scores["moving"] is None
+        else:
+            assert verdict.scores["unknown"] is False
+
+
+def test_a_decoder_asked_for_no_vectors_gives_unknown(stop_go_stop):
+    with av.open(str(stop_go_stop)) as container:
+        frames = [make_frame(f, i, i / 10, 160) for i, f in enumerate(container.decode(video=0))]
+    assert len(frames) == 40 and all(f.motion_vectors is None for f in frames)
+    assert frames[12].gray.shape == (120, 160) and frames[12].image.shape == (240, 320, 3)
+
+
+def test_which_sources_have_vectors(stop_go_stop, tmp_path):
+    with VideoFileSource(stop_go_stop, 160) as h264:
+        assert h264.has_motion_vectors
+    with VideoFileSource(stop_go_stop, 160, motion_vectors=False) as without:
+        assert not without.has_motion_vectors and all(f.motion_vectors is None for f in without.frames())
+    mjpeg = tmp_path / "clip.avi"
+    with av.open(str(mjpeg), "w") as container:
+        stream = container.add_stream("mjpeg", rate=10)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuvj420p"
+        for image in render([(60 + 3 * i, 100) for i in range(5)]):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with VideoFileSource(mjpeg, 160) as source:
+        assert not source.has_motion_vectors and [f.motion_vectors for f in source.frames()] == [None] * 5
+
+
+def test_hold_over_passes_the_frames_just_after_motion_stops(stop_go_stop):
+    verdicts = judge_all(MotionVectorGate(hold_frames=3), decode(stop_go_stop))
+    passed = {i for i, v in enumerate(verdicts) if v.passed}
+    assert passed == {0, 30} | MOVING | {25, 26, 27}
+    assert [verdicts[i].scores.get("hold") for i in (24, 25, 26, 27)] == [None, 1, 2, 3]
+
+
+def test_masked_motion_never_passes(stop_go_stop):
+    frames = decode(stop_go_stop)
+    # The patch travels x 60..153, y 100..147 (fractions 0.19..0.48 by 0.42..0.62).
+    mask = Mask(name="flag", polygon=[(0.15, 0.35), (0.55, 0.35), (0.55, 0.7), (0.15, 0.7)])
+    masked = judge_all(MotionVectorGate(hold_frames=0, regions=ChangeConfig(masks=[mask])), frames)
+    assert [i for i, v in enumerate(masked) if v.passed] == [0, 30]
+    # A border crop that leaves out the patch's rows does the same.
+    cropped = judge_all(MotionVectorGate(hold_frames=0, regions=ChangeConfig(border=(0.0, 0.0, 0.6, 0.0))), frames)
+    assert [i for i, v in enumerate(cropped) if v.passed] == [0, 30]
+
+
+def field(moving=(), intra=(), motion=(6.0, 0.0)):
+    """A hand-built vector array over the 20x15 grid: zero motion except the given (row, col)."""
+    rows, cols = np.divmod(np.arange(GRID[0] * GRID[1]), GRID[1])
+    vectors = np.zeros(len(rows), MOTION_VECTOR_DTYPE)
+    vectors["x"], vectors["y"], vectors["w"], vectors["h"], vectors["source"] = cols * 16, rows * 16, 16, 16, -1
+    for row, col in moving:
+        vectors["dx"][row * GRID[1] + col], vectors["dy"][row * GRID[1] + col] = motion
+    for row, col in intra:
+        vectors["source"][row * GRID[1] + col] = 0
+    return vectors
+
+
+def frame_with(vectors, index=0):
+    return Frame(index, index / 10, np.zeros((120, 160), np.uint8), image=np.zeros((240, 320, 3), np.uint8),
+                 motion_vectors=vectors)
+
+
+def test_an_isolated_moving_block_does_not_pass():
+    gate = MotionVectorGate(min_area=0.0, hold_frames=0)
+    for lone in (field(moving=[(5, 5)]), field(intra=[(5, 5)]), field(moving=[(2, 2), (9, 14)])):
+        verdict = gate.judge(frame_with(lone))
+        assert not verdict.passed and verdict.scores["blocks"] == 0
+    pair = gate.judge(frame_with(field(moving=[(5, 5), (6, 6)])))  # diagonal neighbours are connected
+    assert pair.passed and pair.scores["blocks"] == 2 and pair.scores["clusters"] == 1
+    assert pair.scores["moving"] == pytest.approx(2 / 300, abs=1e-6)
+
+
+def test_neighbours_moving_different_ways_are_noise_not_motion():
+    gate = MotionVectorGate(min_area=0.0, hold_frames=0)
+    noise = field(moving=[(5, 5)], motion=(3.0, 0.0))
+    noise["dx"][5 * GRID[1] + 6], noise["dy"][5 * GRID[1] + 6] = 0.0, -3.0  # its neighbour goes up
+    assert not gate.judge(frame_with(noise)).passed
+    limbs = field(moving=[(5, 5)], motion=(6.0, 0.0))
+    limbs["dx"][5 * GRID[1] + 6], limbs["dy"][5 * GRID[1] + 6] = 5.0, 1.5  # within half of the shorter length
+    assert gate.judge(frame_with(limbs)).passed
+
+
+def test_three_blocks_can_be_required_per_cluster():
+    gate = MotionVectorGate(min_area=0.0, min_cluster=3, hold_frames=0)
+    assert not gate.judge(frame_with(field(moving=[(5, 5), (5, 6), (9, 9), (9, 10)]))).passed
+    verdict = gate.judge(frame_with(field(moving=[(5, 5), (5, 6), (6, 6), (9, 9), (9, 10)])))
+    assert verdict.passed and verdict.scores["blocks"] == 3 and verdict.scores["clusters"] == 1
+
+
+def test_slow_vectors_small_areas_and_intra_blocks_follow_the_settings():
+    block = [(5, 5), (5, 6), (6, 5), (6, 6)]  # 4 of 300 blocks: 1.3% of the frame
+    assert not MotionVectorGate(min_magnitude=8.0).judge(frame_with(field(moving=block, motion=(-6.0, 0.0)))).passed
+    assert MotionVectorGate(min_magnitude=5.0).judge(frame_with(field(moving=block, motion=(-6.0, 0.0)))).passed
+    assert not MotionVectorGate(min_area=0.02).judge(frame_with(field(moving=block))).passed
+    assert MotionVectorGate().judge(frame_with(field(intra=block))).passed
+    assert not MotionVectorGate(count_intra=False).judge(frame_with(field(intra=block))).passed
+
+
+def test_a_source_without_vectors_passes_everything_and_says_so_once(caplog):
+    gate = MotionVectorGate()
+    with caplog.at_level(logging.INFO, logger="framecull.gate.motion_vectors"):
+        verdicts = [gate.judge(frame_with(None, i)) for i in range(20)]
+    assert all(v.passed and v.scores["unknown"] for v in verdicts)
+    assert len([r for r in caplog.records if "no motion vectors" in r.message]) == 1
+
+
+def test_bad_settings_and_bad_arrays_are_clear_errors():
+    with pytest.raises(ValueError, match="min_area"):
+        MotionVectorGate(min_area=2.0)
+    with pytest.raises(ValueError, match="min_cluster"):
+        MotionVectorGate(min_cluster=1)
+    with pytest.raises(ValueError, match="hold_frames"):
+        MotionVectorGate(hold_frames=-1)
+    with pytest.raises(TypeError, match="MOTION_VECTOR_DTYPE"):
+        MotionVectorGate().judge(frame_with(np.zeros(3, [("x", "i2"), ("y", "i2")])))
+
+
+def legacy_bytes(width, height, vectors):
+    """Legacy Raspberry Pi records, (columns + 1) per row, the extra column filled with junk."""
+    cols, rows = (width + 15) // 16, (height + 15) // 16
+    records = np.zeros((rows, cols + 1), [("x", "i1"), ("y", "i1"), ("sad", "<u2")])
+    records[:, cols] = (99, 99, 65535)
+    for (row, col), (x, y) in vectors.items():
+        records[row, col] = (x, y, 1000)
+    return records.tobytes()
+
+
+def test_legacy_raspberry_pi_vectors_parse_to_the_right_blocks():
+    # 40x20 pixels: 3 columns (+1) x 2 rows of macroblocks.
+    data = legacy_bytes(40, 20, {(0, 0): (5, -3), (1, 2): (-128, 127)})
+    assert len(data) == legacy_frame_bytes(40, 20) == 2 * 4 * 4
+    vectors = parse_legacy(data, 40, 20)
+    assert vectors.dtype == MOTION_VECTOR_DTYPE and len(vectors) == 6
+    assert vectors["x"].tolist() == [0, 16, 32, 0, 16, 32]
+    assert vectors["y"].tolist() == [0, 0, 0, 16, 16, 16]
+    assert vectors["dx"].tolist() == [5, 0, 0, 0, 0, -128]
+    assert vectors["dy"].tolist() == [-3, 0, 0, 0, 0, 127]
+    assert set(vectors["w"]) == set(vectors["h"]) == {16} and set(vectors["source"]) == {-1}
+    with pytest.raises(ValueError, match=r"40x20.*32 bytes, got 31"):
+        parse_legacy(data[:-1], 40, 20)
+    # A stream of frames; a partial last frame is dropped.
+    frames = list(read_legacy(io.BytesIO(data * 3 + data[:10]), 40, 20))
+    assert len(frames) == 3 and all(np.array_equal(f, vectors) for f in frames)
+
+
+def test_a_video_with_a_legacy_vector_file_replays_those_vectors(tmp_path, caplog):
+    images = render([(60 + 3 * i, 100) for i in range(12)])
+    video = encode(tmp_path / "clip.h264", images, gop=30)
+    # Frame i: a 2x2 cluster moving (-i, 0) at row 3, column i; the file holds 10 frames of 12.
+    records = [legacy_bytes(WIDTH, HEIGHT, {(r, i + c): (-i, 0) for r in (3, 4) for c in (0, 1)}) for i in range(10)]
+    (tmp_path / "clip.mv").write_bytes(b"".join(records))
+    source = VideoFileSource(video, 160)
+    assert source.has_motion_vectors
+    with caplog.at_level(logging.WARNING):
+        frames = list(source.frames())
+    source.close()
+    assert len(frames) == 12 and frames[0].motion_vectors is None  # key frame: unknown
+    for i in range(1, 10):
+        assert np.array_equal(frames[i].motion_vectors, parse_legacy(records[i], WIDTH, HEIGHT))
+    assert frames[10].motion_vectors is None and frames[11].motion_vectors is None
+    assert "clip.mv: no motion vectors after frame 9" in caplog.text
+    verdicts = judge_all(MotionVectorGate(hold_frames=0), frames)
+    assert [v.passed for v in verdicts] == [True, False] + [True] * 10  # frame 1 moves 1 px: not above min_magnitude
+
+
+def test_dropped_frames_never_build_their_gray_plane(stop_go_stop):
+    source = VideoFileSource(stop_go_stop, 160)
+    pipeline = Pipeline([MotionVectorGate(hold_frames=0), ChangeGate(ChangeConfig(width=160))])
+    seen = []
+    for frame in source.frames():
+        decisions = pipeline.push(frame)
+        seen.append((frame, decisions[0]))
+    source.close()
+    stages = {frame.index: decision.stage for frame, decision in seen}
+    assert {i for i, stage in stages.items() if stage == "motion_vectors"} == set(range(40)) - MOVING - {0, 30}
+    for frame, decision in seen:
+        assert (frame._gray is None) == (decision.stage == "motion_vectors")
+
+
+def test_frames_load_their_gray_plane_once_and_still_take_a_plane_directly():
+    calls = []
+    frame = Frame(0, 0.0, load_gray=lambda: calls.append(1) or np.ones((12, 16), np.uint8),
+                  image=np.zeros((24, 32, 3), np.uint8))
+    assert "not loaded" in repr(frame)
+    assert frame.gray.shape == (12, 16) and frame.gray.sum() == 192 and calls == [1]
+    plain = Frame(1, 0.1, np.zeros((12, 16), np.uint8), image=np.zeros((24, 32, 3), np.uint8))
+    assert plain.gray.shape == (12, 16) and plain.motion_vectors is None
+    assert Frame.from_bgr(2, 0.2, np.zeros((24, 32, 3), np.uint8), 16).gray.shape == (12, 16)
+    with pytest.raises(ValueError, match="gray plane"):
+        Frame(3, 0.3, image=np.zeros((24, 32, 3), np.uint8))
+
+
+def test_probe_command_reports_a_video_file(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from scenes import encode_h264, textured_background, to_bgr, with_car
+
+    rng = np.random.default_rng(0)
+    scene = textured_background(height=240, width=320)
+    images = [to_bgr(with_car(scene, x=10 + 6 * i, y=100, w=60, h=30), rng) for i in range(40)]
+    clip = encode_h264(tmp_path / "cam.mp4", images, fps=10)
+    result = subprocess.run([sys.executable, "-m", "framecull", "probe", str(clip), "--seconds", "2", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["kind"] == "file" and (report["width"], report["height"]) == (320, 240)
+    assert report["frames"] > 0 and report["motion_vectors"] is True
+    assert 0 < report["motion_vector_fraction"] < 1  # key frames carry none
+    assert report["change_passed"] > 0
+    missing = subprocess.run([sys.executable, "-m", "framecull", "probe", "rtsp-camera-without-scheme"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 66 and "rtsp-camera-without-scheme" in missing.stderr
