@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from scenes import encode_h264, textured_background, to_bgr, with_car  # noqa: E402
+from scenes import encode_video, textured_background, to_bgr, with_car  # noqa: E402
 
 from framecull.cli import replay  # noqa: E402
 from framecull.config import ChangeConfig, Config, Mask  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
         rng = np.random.default_rng(1)
         scene = textured_background(height=432, width=768)
         images = [to_bgr(with_car(scene, x=-100 + 8 * i, y=200) if 60 <= i < 160 else scene, rng) for i in range(300)]
-        clip = encode_h264(Path(tmp) / "clip.mp4", images, fps=10)
+        clip = encode_video(Path(tmp) / "clip.mp4", images, fps=10)
         print("replay of the default pipeline (decode + gates + store):")
         n, fps = replay_fps(clip)
         print(f"  generated 768x432 H.264, {n} frames: {fps:.0f} frames/s")

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from scenes import textured_background, to_bgr  # noqa: E402
+from scenes import encode_video, textured_background, to_bgr  # noqa: E402
 
 from framecull import motion_vectors  # noqa: E402
 from framecull.config import Config  # noqa: E402
@@ -42,21 +42,16 @@ def encode_clip(path: Path, width: int, height: int) -> Path:
     size = height // 5
     patch = cv2.normalize(cv2.GaussianBlur(rng.uniform(0, 255, (size, size)).astype(np.float32), (0, 0), 1.5),
                           None, 20, 235, cv2.NORM_MINMAX)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast", "crf": "23"}
+
+    def pictures():
         for i in range(FRAMES):
             picture = scene.copy()
             if i % 150 < 75:
                 x = (i % 150) * (width - size) // 75
                 picture[height // 2 - size // 2: height // 2 + size // 2, x: x + size] = patch
-            frame = av.VideoFrame.from_ndarray(to_bgr(picture, rng), format="bgr24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+            yield to_bgr(picture, rng)
+
+    return encode_video(path, pictures(), preset="veryfast", crf=23)
 
 
 def decode_fps(path: Path, threads: str, export: bool, work) -> float:

@@ -37,14 +37,21 @@ def to_bgr(scene: np.ndarray, rng: np.random.Generator, noise: float = 2.0, gain
     return bgr
 
 
-def encode_h264(path: Path, images: list[np.ndarray], fps: int = 10) -> Path:
-    """Encode BGR images to a real H.264 MP4 with PyAV (libx264)."""
-    h, w = images[0].shape[:2]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "20"}
-        for image in images:
+def encode_video(path: Path, images, fps: int = 10, codec: str = "libx264", gop: int | None = None,
+                 preset: str = "ultrafast", crf: int = 20, pix_fmt: str = "yuv420p") -> Path:
+    """Encode BGR images (any iterable) with PyAV: real H.264 by default (libx264); a raw Annex-B
+    .h264 stream when the path ends in .h264."""
+    images = iter(images)
+    first = next(images)
+    h, w = first.shape[:2]
+    with av.open(str(path), "w", format="h264" if path.suffix == ".h264" else None) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if codec == "libx264":
+            stream.options = {"preset": preset, "crf": str(crf)}
+        for image in (first, *images):
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
                 container.mux(packet)
         for packet in stream.encode():

@@ -31,7 +31,7 @@ from framecull.sources.live import Backoff, StreamClock
 from framecull.sources.rtsp import RtspSource
 from framecull.sources.synthetic import parking_lot
 from framecull.sources.v4l2 import V4l2Source
-from scenes import encode_h264, textured_background, to_bgr, with_car
+from scenes import encode_video, textured_background, to_bgr, with_car
 
 FAKE_PICAMERA2 = Path(__file__).parent / "fake_picamera2"
 FAST_RECONNECT = {"reconnect_min": 0.1, "reconnect_max": 0.4}
@@ -216,7 +216,7 @@ def test_rtsp_source_refuses_what_is_not_a_url():
 def test_v4l2_source_reopens_the_capture_when_reading_fails(tmp_path):
     rng = np.random.default_rng(0)
     scene = textured_background(height=240, width=320)
-    clip = encode_h264(tmp_path / "clip.mp4", [to_bgr(with_car(scene, x=20 + 20 * i, y=100), rng) for i in range(10)])
+    clip = encode_video(tmp_path / "clip.mp4", [to_bgr(with_car(scene, x=20 + 20 * i, y=100), rng) for i in range(10)])
     source = V4l2Source(str(clip), width=160, backend=cv2.CAP_FFMPEG, queue_size=64,
                         reconnect_min=0.05, reconnect_max=5.0)
     frames = list(itertools.islice(source.frames(), 25))

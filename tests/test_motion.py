@@ -2,6 +2,7 @@
 Raspberry Pi vector format, and the motion-vector gate."""
 
 import io
+from functools import partial
 import logging
 
 import av
@@ -21,7 +22,9 @@ from framecull.motion_vectors import (
 )
 from framecull.pipeline import Pipeline
 from framecull.sources.video import VideoFileSource, make_frame
-from scenes import textured_background, to_bgr
+from scenes import encode_video, textured_background, to_bgr
+
+encode = partial(encode_video, gop=30)  # key frames every 3 s at 10 fps: some frames are "unknown"
 
 WIDTH, HEIGHT = 320, 240
 GRID = (HEIGHT // 16, WIDTH // 16)  # 15 rows x 20 columns of macroblocks
@@ -44,22 +47,6 @@ def render(positions, seed=0, noise=2.0):
         picture[y : y + PATCH, x : x + PATCH] = patch
         frames.append(to_bgr(picture, rng, noise=noise))
     return frames
-
-
-def encode(path, images, gop=30, fps=10, preset="ultrafast"):
-    """Real H.264 with libx264; a raw .h264 stream when the path says so."""
-    h, w = images[0].shape[:2]
-    with av.open(str(path), "w", format="h264" if path.suffix == ".h264" else None) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.codec_context.gop_size = gop
-        stream.options = {"preset": preset, "crf": "20"}
-        for image in images:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 def decode(path, width=160):
@@ -183,14 +170,7 @@ def test_which_sources_have_vectors(stop_go_stop, tmp_path):
     with VideoFileSource(stop_go_stop, 160, motion_vectors=False) as without:
         assert not without.has_motion_vectors and all(f.motion_vectors is None for f in without.frames())
     mjpeg = tmp_path / "clip.avi"
-    with av.open(str(mjpeg), "w") as container:
-        stream = container.add_stream("mjpeg", rate=10)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuvj420p"
-        for image in render([(60 + 3 * i, 100) for i in range(5)]):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    encode_video(mjpeg, render([(60 + 3 * i, 100) for i in range(5)]), codec="mjpeg", pix_fmt="yuvj420p")
     with VideoFileSource(mjpeg, 160) as source:
         assert not source.has_motion_vectors and [f.motion_vectors for f in source.frames()] == [None] * 5
 
@@ -315,7 +295,7 @@ def test_legacy_raspberry_pi_vectors_parse_to_the_right_blocks():
 
 def test_a_video_with_a_legacy_vector_file_replays_those_vectors(tmp_path, caplog):
     images = render([(60 + 3 * i, 100) for i in range(12)])
-    video = encode(tmp_path / "clip.h264", images, gop=30)
+    video = encode(tmp_path / "clip.h264", images)
     # Frame i: a 2x2 cluster moving (-i, 0) at row 3, column i; the file holds 10 frames of 12.
     records = [legacy_bytes(WIDTH, HEIGHT, {(r, i + c): (-i, 0) for r in (3, 4) for c in (0, 1)}) for i in range(10)]
     (tmp_path / "clip.mv").write_bytes(b"".join(records))
@@ -365,12 +345,12 @@ def test_probe_command_reports_a_video_file(tmp_path):
     import subprocess
     import sys
 
-    from scenes import encode_h264, textured_background, to_bgr, with_car
+    from scenes import encode_video, textured_background, to_bgr, with_car
 
     rng = np.random.default_rng(0)
     scene = textured_background(height=240, width=320)
     images = [to_bgr(with_car(scene, x=10 + 6 * i, y=100, w=60, h=30), rng) for i in range(40)]
-    clip = encode_h264(tmp_path / "cam.mp4", images, fps=10)
+    clip = encode_video(tmp_path / "cam.mp4", images, fps=10)
     result = subprocess.run([sys.executable, "-m", "framecull", "probe", str(clip), "--seconds", "2", "--json"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

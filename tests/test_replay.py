@@ -13,7 +13,7 @@ from framecull.config import Config
 from framecull.frame import Frame
 from framecull.gates.change import ChangeGate
 from framecull.pipeline import Pipeline
-from scenes import encode_h264, textured_background, to_bgr, with_car
+from scenes import encode_video, textured_background, to_bgr, with_car
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -33,7 +33,7 @@ def car_clip(tmp_path: Path) -> tuple[Path, list[range]]:
     images += [to_bgr(with_car(scene, x=x, y=120, w=60, h=30), rng) for x in xs]
     images += [to_bgr(scene, rng) for _ in range(30)]
     events = [range(20, 31), range(60, 71)]
-    return encode_h264(tmp_path / "car.mp4", images, fps=10), events
+    return encode_video(tmp_path / "car.mp4", images, fps=10), events
 
 
 def test_replay_writes_one_decision_per_frame_and_the_kept_frames(tmp_path):

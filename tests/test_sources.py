@@ -9,7 +9,7 @@ from framecull.sources import SourceError, open_source, throttle
 from framecull.sources.folder import FolderSource
 from framecull.sources.video import VideoFileSource
 from framecull.frame import Frame
-from scenes import encode_h264, textured_background, to_bgr, with_car
+from scenes import encode_video, textured_background, to_bgr, with_car
 
 
 def test_folder_source_reads_in_natural_order_and_skips_corrupt_images(tmp_path, caplog):
@@ -40,7 +40,7 @@ def test_video_source_decodes_real_h264(tmp_path):
     rng = np.random.default_rng(0)
     scene = textured_background(height=240, width=320)
     images = [to_bgr(scene, rng) for _ in range(10)] + [to_bgr(with_car(scene, x=100, y=100), rng) for _ in range(5)]
-    path = encode_h264(tmp_path / "clip.mp4", images, fps=10)
+    path = encode_video(tmp_path / "clip.mp4", images, fps=10)
     source = VideoFileSource(path, width=160)
     frames = list(source.frames())
     assert [f.index for f in frames] == list(range(15))
@@ -56,7 +56,7 @@ def test_truncated_video_ends_cleanly(tmp_path):
     rng = np.random.default_rng(0)
     scene = textured_background(height=240, width=320)
     images = [to_bgr(with_car(scene, x=10 + 8 * i, y=100), rng) for i in range(30)]
-    data = encode_h264(tmp_path / "clip.mp4", images).read_bytes()
+    data = encode_video(tmp_path / "clip.mp4", images).read_bytes()
     cut = tmp_path / "cut.mp4"
     # An MP4 cut short loses its index at the end: write a raw H.264 stream instead, then cut it.
     raw = tmp_path / "clip.h264"
