@@ -362,3 +362,25 @@ def test_probe_command_reports_a_video_file(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "framecull", "probe", "rtsp-camera-without-scheme"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 66 and "rtsp-camera-without-scheme" in missing.stderr
+
+
+def test_masks_follow_the_picture_not_the_padded_block_grid():
+    # 320x180 (picamera2's default lores size): 12 block rows cover 192 pixel rows. The top half
+    # of the picture is masked: rows 0-90 (plus the blur margin), not 0-96 of the padded grid.
+    cfg = ChangeConfig(masks=[Mask(name="top", polygon=[(0, 0), (1, 0), (1, 0.5), (0, 0.5)])])
+
+    def judge(block_row):
+        gate = MotionVectorGate(regions=cfg, hold_frames=0)
+        cols, rows = 20, 12
+        xs, ys = np.meshgrid(np.arange(cols) * 16, np.arange(rows) * 16)
+        vectors = np.zeros(cols * rows, MOTION_VECTOR_DTYPE)
+        vectors["x"], vectors["y"], vectors["w"], vectors["h"] = xs.ravel(), ys.ravel(), 16, 16
+        vectors["source"] = -1
+        moving = (vectors["y"] == 16 * block_row) & (vectors["x"] >= 64) & (vectors["x"] < 128)
+        vectors["dx"][moving] = -6.0
+        frame = Frame(0, 0.0, gray=np.zeros((90, 160), np.uint8), image=np.zeros((180, 320, 3), np.uint8),
+                      motion_vectors=vectors)
+        return gate.judge(frame)
+
+    assert judge(6).passed, "block row 6 (pixels 96-111) lies wholly below the mask"
+    assert not judge(5).passed, "block row 5 (pixels 80-95) reaches into the mask"

@@ -109,3 +109,42 @@ def test_throttle_keeps_the_requested_rate():
     gaps = np.diff([f.timestamp for f in kept])
     assert gaps.min() >= 0.159 and gaps.max() <= 0.25
     assert len(list(throttle(iter(frames), 0))) == 125
+
+
+def test_a_demux_error_skips_the_damage_and_keeps_the_rest_of_the_file(tmp_path, caplog):
+    import av
+
+    rng = np.random.default_rng(0)
+    scene = textured_background(height=120, width=160)
+    clip = encode_video(tmp_path / "clip.mp4", [to_bgr(with_car(scene, x=2 * i, y=40, w=30, h=15), rng)
+                                                for i in range(60)])
+    source = VideoFileSource(clip, width=80)
+    real_demux = source.container.demux
+    calls = []
+
+    def demux_failing_once(stream):  # the demuxer raises at packet 40, as on a damaged file
+        calls.append(1)
+        for n, packet in enumerate(real_demux(stream)):
+            if n == 40 and len(calls) == 1:
+                raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+            yield packet
+
+    class Container:
+        def __getattr__(self, name):
+            return getattr(source.container_real, name)
+
+        demux = staticmethod(demux_failing_once)
+
+    source.container_real, source.container = source.container, Container()
+    with caplog.at_level(logging.WARNING):
+        count = sum(1 for _ in source.frames())
+    assert source.errors == 1 and "damaged data skipped" in caplog.text
+    assert count >= 58, f"only {count} of 60 frames after one demux error"
+
+
+def test_stream_clock_never_runs_backwards():
+    from framecull.sources.live import StreamClock
+
+    clock = StreamClock(max_lag=2.0)
+    stamps = [clock.timestamp(t) for t in (10.0, 10.1, 10.2, 8.7, 8.8, 10.3)]  # a 1.5 s step back
+    assert all(b >= a for a, b in zip(stamps, stamps[1:])), stamps

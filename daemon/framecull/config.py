@@ -79,6 +79,7 @@ class MotionVectorsConfig(Section):
     min_area: Fraction = 0.002  # fraction of the frame the moving blocks must cover
     min_cluster: int = Field(2, ge=2, le=1000)  # moving blocks that must touch; a lone block is noise
     hold_frames: int = Field(5, ge=0, le=10000)  # frames passed after motion stops (event ends, B-frames)
+    count_intra: bool = True  # intra-coded blocks are new content; false for cameras with intra refresh
 
 
 class Mask(Section):

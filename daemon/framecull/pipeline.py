@@ -158,6 +158,18 @@ class Pipeline:
         for gate in self.gates:
             gate.reset()
 
+    @property
+    def pending(self) -> bool:
+        """Whether a pacing window is open (decisions held back until flush())."""
+        return self._window_end is not None
+
+    def save(self) -> None:
+        """Save what the gates hold on disk (the novelty memory's index), without closing."""
+        for gate in self.gates:
+            memory = getattr(gate, "memory", None)
+            if memory is not None:
+                memory.save()
+
     def close(self) -> None:
         for gate in self.gates:
             gate.close()
@@ -183,7 +195,7 @@ def build_pipeline(config, store=None, memory_root: Path | None = None, rebuild:
     mv = config.gates.motion_vectors
     if mv.enabled:
         gates.append(MotionVectorGate(mv.min_magnitude, mv.min_area, mv.min_cluster, mv.hold_frames,
-                                      regions=config.gates.change))
+                                      mv.count_intra, regions=config.gates.change))
     gates.append(ChangeGate(config.gates.change))
     novelty = config.gates.novelty
     if novelty.enabled:

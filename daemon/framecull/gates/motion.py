@@ -40,6 +40,14 @@ SAME_WAY_FRACTION = 0.5
 NO_VECTORS_RUN = 3
 
 
+def _picture_size(vectors: np.ndarray, analysis_shape: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of the coded picture: the width is whole macroblocks (1920, 1280, 640,
+    320...), the height follows from the analysis plane's aspect (1080, not the padded 1088)."""
+    width = (int(vectors["x"].max()) // BLOCK + 1) * BLOCK
+    height = round(width * analysis_shape[0] / analysis_shape[1])
+    return height, width
+
+
 class MotionVectorGate(Gate):
     name = "motion_vectors"
 
@@ -68,6 +76,10 @@ class MotionVectorGate(Gate):
         self.count_intra = count_intra
         self.regions = regions
         self._valid: np.ndarray | None = None  # uint8 per block: 255 where it may count as motion
+        # Masks are drawn on the picture, whose height (1080) the padded block grid (1088) hides.
+        self._needs_picture_size = regions is not None and bool(regions.masks or any(regions.border))
+        self._grid: tuple[int, int] | None = None
+        self._picture_size: tuple[int, int] | None = None  # (height, width) in pixels
         self._hold = 0  # frames still passed after the last motion
         self._seen_vectors = False
         self._unknown_run = 0
@@ -81,9 +93,11 @@ class MotionVectorGate(Gate):
             if self.regions is None:
                 self._valid = np.full((rows, cols), 255, np.uint8)
             else:
-                # Drawn on the grid, which pads the picture to whole macroblocks (1080 -> 1088 rows):
-                # masks land at most a few pixels off, well inside one block.
-                pixels = valid_mask((rows * BLOCK, cols * BLOCK), self.regions)
+                # Drawn on the picture, then padded to whole macroblocks (1080 -> 1088 rows): the
+                # picture's height is the grid's width times the analysis plane's aspect.
+                height, width = self._picture_size or (rows * BLOCK, cols * BLOCK)
+                pixels = np.full((rows * BLOCK, cols * BLOCK), 255, np.uint8)
+                pixels[:height, :width] = valid_mask((height, width), self.regions)[: rows * BLOCK, : cols * BLOCK]
                 # A block counts only when all its pixels may count: motion inside a mask
                 # (a clock) must not leak through the blocks along the mask's edge.
                 self._valid = pixels.reshape(rows, BLOCK, cols, BLOCK).min(axis=(1, 3))
@@ -147,6 +161,11 @@ class MotionVectorGate(Gate):
 
     def judge(self, frame: Frame) -> Verdict:
         vectors = frame.motion_vectors
+        if vectors is not None and len(vectors) and self._needs_picture_size:
+            grid = (int(vectors["y"].max()) // BLOCK + 1, int(vectors["x"].max()) // BLOCK + 1)
+            if grid != self._grid:  # once per stream: the only time a dropped frame builds its gray plane
+                self._grid, self._valid = grid, None
+                self._picture_size = _picture_size(vectors, frame.gray.shape)
         if vectors is None:
             self._unknown_run += 1
             if not self._seen_vectors and self._unknown_run >= NO_VECTORS_RUN and not self._told_no_vectors:

@@ -68,15 +68,21 @@ class StreamClock:
     def __init__(self, max_lag: float = 2.0) -> None:
         self.max_lag = max_lag
         self._anchor: float | None = None
+        self._last = 0.0
 
     def timestamp(self, stream_time: float | None) -> float:
+        """Never earlier than the previous timestamp: a stream clock that steps back a little
+        (RTP re-synced by an RTCP report) must not make time run backwards for the gates."""
         now = time.time()
         if stream_time is None:
-            return now
-        offset = now - stream_time
-        if self._anchor is None or offset < self._anchor or offset - self._anchor > self.max_lag:
-            self._anchor = offset
-        return self._anchor + stream_time
+            stamp = now
+        else:
+            offset = now - stream_time
+            if self._anchor is None or offset < self._anchor or offset - self._anchor > self.max_lag:
+                self._anchor = offset
+            stamp = self._anchor + stream_time
+        self._last = max(stamp, self._last)
+        return self._last
 
 
 class LiveSource(Source):

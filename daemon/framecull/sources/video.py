@@ -92,44 +92,57 @@ class VideoFileSource(Source):
                         "cut short, or recorded at another resolution", self.sidecar, size, width, height, frame_bytes)
         self._sidecar_file = self.sidecar.open("rb")
 
+    def _decoded(self) -> Iterator[av.VideoFrame]:
+        """Decoded pictures; damaged data is skipped, and after too many errors in a row (or at a
+        truncated end) the pictures still in the decoder are flushed out before it ends."""
+        packets = self.container.demux(self.stream)
+        errors_in_a_row = 0
+        while errors_in_a_row < MAX_CONSECUTIVE_ERRORS:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return  # demux ends with an empty packet, which flushed the decoder
+            except (av.error.FFmpegError, ValueError) as exc:
+                # A demuxer that raised is finished: start a new one from where the file stands.
+                self._damaged(exc)
+                errors_in_a_row += 1
+                packets = self.container.demux(self.stream)
+                continue
+            try:
+                yield from packet.decode()
+                errors_in_a_row = 0
+            except (av.error.FFmpegError, ValueError) as exc:
+                self._damaged(exc)
+                errors_in_a_row += 1
+        log.warning("%s: giving up after %d errors in a row", self.path, errors_in_a_row)
+        try:
+            yield from self.stream.codec_context.decode(None)
+        except (av.error.FFmpegError, ValueError):
+            pass
+
+    def _damaged(self, exc: Exception) -> None:
+        self.errors += 1
+        log.warning("%s: damaged data skipped (%s)", self.path, exc)
+
     def frames(self) -> Iterator[Frame]:
         start = time.time()
-        index = 0
         first_time = None
-        consecutive_errors = 0
-        packets = self.container.demux(self.stream)
         sidecar = None
         if self._sidecar_file is not None:
             sidecar = mv.read_legacy(self._sidecar_file, self.stream.codec_context.width,
                                      self.stream.codec_context.height)
-        while True:
-            try:
-                packet = next(packets)
-                decoded = packet.decode()
-                consecutive_errors = 0
-            except StopIteration:
-                return
-            except (av.error.FFmpegError, ValueError) as exc:
-                self.errors += 1
-                consecutive_errors += 1
-                log.warning("%s: damaged data skipped (%s)", self.path, exc)
-                if consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
-                    log.warning("%s: giving up after %d errors in a row", self.path, consecutive_errors)
-                    return
-                continue
-            for av_frame in decoded:
-                t = av_frame.time if av_frame.time is not None else index / self.fps
-                first_time = t if first_time is None else first_time
-                frame = make_frame(av_frame, index, start + t - first_time, self.width)
-                if sidecar is not None:
-                    vectors = next(sidecar, None)
-                    if vectors is None:
-                        log.warning("%s: no motion vectors after frame %d", self.sidecar, index - 1)
-                        sidecar = None
-                    elif not mv.is_intra_frame(av_frame):
-                        frame.motion_vectors = vectors
-                yield frame
-                index += 1
+        for index, av_frame in enumerate(self._decoded()):
+            t = av_frame.time if av_frame.time is not None else index / self.fps
+            first_time = t if first_time is None else first_time
+            frame = make_frame(av_frame, index, start + t - first_time, self.width)
+            if sidecar is not None:
+                vectors = next(sidecar, None)
+                if vectors is None:
+                    log.warning("%s: no motion vectors after frame %d", self.sidecar, index - 1)
+                    sidecar = None
+                elif not mv.is_intra_frame(av_frame):
+                    frame.motion_vectors = vectors
+            yield frame
 
     def close(self) -> None:
         self.container.close()
