@@ -78,8 +78,21 @@ def test_a_puller_never_sees_a_partial_file_or_an_image_without_sidecar(tmp_path
 def test_leftovers_of_a_crash_are_removed_at_start(tmp_path):
     (tmp_path / "tmp").mkdir()
     (tmp_path / "tmp" / "x.jpg.123.partial").write_bytes(b"half")
+    store = Store(tmp_path, "cam")
+    kept = Path(store.save(frame(1), decision(frame(1))))
+    orphan = kept.with_name("cam_20260528T000000.000000Z_000099.json")  # killed before its image
+    orphan.write_text("{}")
     Store(tmp_path, "cam")
     assert list((tmp_path / "tmp").iterdir()) == []
+    assert not orphan.exists() and kept.exists() and kept.with_suffix(".json").exists()
+
+
+def test_a_second_run_with_the_same_capture_times_overwrites_nothing(tmp_path):
+    first = [Store(tmp_path, "cam").save(frame(i), decision(frame(i))) for i in range(3)]
+    again = Store(tmp_path, "cam")
+    second = [again.save(frame(i), decision(frame(i))) for i in range(3)]
+    assert not set(first) & set(second)
+    assert len(list((tmp_path / "frames").rglob("*.jpg"))) == 6
 
 
 @pytest.fixture

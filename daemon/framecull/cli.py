@@ -202,10 +202,58 @@ def cmd_memory(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    import os
+
+    from framecull.service import SAVE_INTERVAL, STALL_AFTER, STATUS_INTERVAL, Service
+
+    # The intervals are constants; the environment may shorten them (the tests do).
+    def seconds(name: str, default: float) -> float:
+        return float(os.environ.get(name, default))
+
+    return Service(args.config,
+                   status_interval=seconds("FRAMECULL_STATUS_INTERVAL", STATUS_INTERVAL),
+                   save_interval=seconds("FRAMECULL_SAVE_INTERVAL", SAVE_INTERVAL),
+                   stall_after=seconds("FRAMECULL_STALL_AFTER", STALL_AFTER)).run()
+
+
+def cmd_status(args) -> int:
+    from framecull.status import format_status, read_status
+
+    if args.root:
+        root = Path(args.root)
+    elif args.config:
+        root = load_config(args.config).store_root
+    else:
+        root = Path("/var/lib/framecull") / args.camera
+    try:
+        status = read_status(root)
+    except FileNotFoundError:
+        print(f"framecull: no status at {root / 'status.json'} (has `framecull run` started for this camera?)",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"framecull: cannot read {root / 'status.json'}: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(json.dumps(status) + "\n" if args.json else format_status(status))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="framecull", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the daemon for one camera (what the systemd service starts)")
+    p.add_argument("--config", required=True, help="per-camera TOML, e.g. /etc/framecull/<camera>.toml")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="what a running daemon reports: counters, source state, last decisions")
+    p.add_argument("camera", nargs="?", default="default", help="the camera (default: %(default)s)")
+    p.add_argument("--root", help="its store root (default: /var/lib/framecull/<camera>, or from --config)")
+    p.add_argument("--config", help="per-camera TOML: its store root")
+    p.add_argument("--json", action="store_true", help="print status.json as one JSON object")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("check-config", help="validate a per-camera TOML and print the effective config")
     p.add_argument("file")

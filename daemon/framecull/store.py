@@ -56,13 +56,15 @@ class Store:
         self._bytes = self._measure() if max_bytes else 0
 
     def _clean_tmp(self) -> None:
-        """Leftovers of a crash in tmp/ are partial by definition; frames/ is never touched."""
-        if self.tmp_dir.is_dir():
-            for leftover in self.tmp_dir.iterdir():
-                try:
-                    leftover.unlink()
-                except OSError as exc:
-                    log.warning("cannot remove leftover %s: %s", leftover, exc)
+        """Leftovers of a crash: anything in tmp/ is partial by definition, and a sidecar whose
+        image never arrived (killed between the two renames) describes nothing."""
+        leftovers = list(self.tmp_dir.iterdir()) if self.tmp_dir.is_dir() else []
+        leftovers += [p for p in self.frames_dir.glob("*/*.json") if not p.with_suffix(".jpg").exists()]
+        for leftover in leftovers:
+            try:
+                leftover.unlink()
+            except OSError as exc:
+                log.warning("cannot remove leftover %s: %s", leftover, exc)
 
     def _write_atomic(self, data: bytes, target: Path) -> None:
         tmp = self.tmp_dir / f"{target.name}.{os.getpid()}.partial"
@@ -79,10 +81,13 @@ class Store:
     def save(self, frame: Frame, decision) -> str | None:
         """Store one kept frame; returns the image path, or None when it could not be written."""
         when = datetime.fromtimestamp(frame.timestamp, timezone.utc)
-        self._seq += 1
         day_dir = self.frames_dir / when.strftime("%Y-%m-%d")
-        stem = f"{self.camera}_{when.strftime('%Y%m%dT%H%M%S.%fZ')}_{self._seq:06d}"
-        image_path, sidecar_path = day_dir / f"{stem}.jpg", day_dir / f"{stem}.json"
+        while True:  # the sequence restarts with the process: never overwrite an earlier run's frame
+            self._seq += 1
+            stem = f"{self.camera}_{when.strftime('%Y%m%dT%H%M%S.%fZ')}_{self._seq:06d}"
+            image_path, sidecar_path = day_dir / f"{stem}.jpg", day_dir / f"{stem}.json"
+            if not (image_path.exists() or sidecar_path.exists()):
+                break
         sidecar = {
             "camera": self.camera,
             "time": when.isoformat().replace("+00:00", "Z"),
