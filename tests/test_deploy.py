@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from net import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "framecull@.service"
@@ -212,11 +213,6 @@ def test_install_creates_the_venv(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the rsync pull over a real sshd, with the restricted key
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

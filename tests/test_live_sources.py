@@ -10,8 +10,6 @@ is, and on a /dev/video device that does not exist.
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 import sys
 import threading
 import time
@@ -32,6 +30,7 @@ from framecull.sources.rtsp import RtspSource
 from framecull.sources.synthetic import parking_lot
 from framecull.sources.v4l2 import V4l2Source
 from scenes import encode_video, textured_background, to_bgr, with_car
+from net import free_port
 
 FAKE_PICAMERA2 = Path(__file__).parent / "fake_picamera2"
 FAST_RECONNECT = {"reconnect_min": 0.1, "reconnect_max": 0.4}
@@ -54,20 +53,6 @@ def close_after(source, seconds: float) -> threading.Timer:
     return timer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def rtsp_ready():
-    reason = rtsp_server.unavailable()
-    if reason:
-        message = f"the RTSP test server cannot run: {reason}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI must install: apt-get install {rtsp_server.DEBIAN_PACKAGES})")
-        pytest.skip(message)
 
 
 @pytest.fixture

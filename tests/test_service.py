@@ -29,6 +29,7 @@ from framecull.config import EX_CONFIG, load_config
 from framecull.gates.novelty import load_embedder
 from framecull.memory import Memory
 from framecull.sources.synthetic import parking_lot
+from net import free_port
 
 FAST = {"FRAMECULL_STATUS_INTERVAL": "0.3", "FRAMECULL_SAVE_INTERVAL": "2", "FRAMECULL_STALL_AFTER": "3"}
 
@@ -41,11 +42,6 @@ def wait_until(condition, timeout: float, step: float = 0.05) -> bool:
         time.sleep(step)
     return True
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class NotifySocket:
@@ -140,15 +136,6 @@ def sqlite_rows(root: Path) -> list[tuple[int, str]]:
 def index_total(root: Path) -> int:
     return faiss.read_index(str(root / "index.faiss")).ntotal
 
-
-@pytest.fixture(scope="module")
-def rtsp_ready():
-    reason = rtsp_server.unavailable()
-    if reason:
-        message = f"the RTSP test server cannot run: {reason}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI must install: apt-get install {rtsp_server.DEBIAN_PACKAGES})")
-        pytest.skip(message)
 
 
 @pytest.fixture
