@@ -163,3 +163,17 @@ def test_changed_fraction_does_not_depend_on_the_analysis_width(scene):
         gate.judge(frames[0])
         measures.append(gate.measure(frames[1])[0].changed)
     assert max(measures) / min(measures) < 1.6, measures
+
+
+def test_camera_jitter_of_a_pixel_or_two_does_not_pass(scene):
+    rng = np.random.default_rng(11)
+    shifted = []
+    for _ in range(40):  # a pole-mounted camera in the wind: 1-2 px shifts at 640x360
+        dx, dy = rng.integers(-2, 3, size=2)
+        matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+        shifted.append(cv2.warpAffine(scene, matrix, (scene.shape[1], scene.shape[0]), borderMode=cv2.BORDER_REFLECT))
+    result = passes(ChangeGate(ChangeConfig()), frames_of(shifted))
+    assert not any(result[1:]), f"{sum(result[1:])} of 39 shaken frames passed"
+    # A car still passes under the same shake.
+    gate = ChangeGate(ChangeConfig())
+    assert passes(gate, frames_of([shifted[0], with_car(shifted[1])])) == [True, True]

@@ -2,7 +2,9 @@
 
 Per frame, on the small gray analysis plane:
   blur -> match the brightness histogram to the reference (a global brightness, contrast or
-  gamma change, an IR day/night switch, maps back onto the reference) -> absdiff ->
+  gamma change, an IR day/night switch, maps back onto the reference) -> difference to the
+  reference's neighbourhood of +-SHAKE of the width (how far a pixel lies outside the darkest..brightest of the
+  reference around it: a camera shaking by a few pixels moves edges, which must not count) ->
   threshold adapted to the measured noise and contrast -> drop masked pixels -> open (removes
   speckle and thin rain streaks) -> dilate (joins an object's fragments) -> external contours
   -> sum the areas of contours above min_area -> candidate when the sum reaches min_changed.
@@ -30,6 +32,9 @@ NOISE_SIGMAS = 3.5
 Q25_OF_ABS_GAUSSIAN = 0.3186
 
 _KERNEL3 = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+# Camera shake the change gate tolerates, as a fraction of the frame width: +-2 px at the
+# default analysis width of 320 (+-4 px of a 640 px picture).
+SHAKE = 1 / 160
 
 
 def valid_mask(shape: tuple[int, int], cfg: ChangeConfig) -> np.ndarray:
@@ -112,6 +117,8 @@ class ChangeGate(Gate):
     def _prepare(self, gray: np.ndarray) -> np.ndarray:
         if self._valid is None or self._valid.shape != gray.shape:
             self._valid = valid_mask(gray.shape, self.cfg)
+            radius = max(1, round(SHAKE * gray.shape[1]))
+            self._shake = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
             self._ref = None
         if self.cfg.blur > 1:
             return cv2.GaussianBlur(gray, (self.cfg.blur, self.cfg.blur), 0)
@@ -119,6 +126,8 @@ class ChangeGate(Gate):
 
     def _set_reference(self, blurred: np.ndarray, keep: np.ndarray | None = None) -> None:
         self._ref = blurred.astype(np.float32) if keep is None else keep
+        self._ref_low = cv2.erode(self._ref, self._shake)
+        self._ref_high = cv2.dilate(self._ref, self._shake)
         self._ref_cdf = _cdf(blurred, self._valid)
         self._ref_spread = _spread(self._ref_cdf)
         self._ref_mean = cv2.mean(blurred, self._valid)[0]
@@ -131,7 +140,7 @@ class ChangeGate(Gate):
         light = lighting_change(cv2.mean(blurred, self._valid)[0], self._ref_mean)
 
         matched = cv2.LUT(blurred, _match_lut(_cdf(blurred, self._valid), self._ref_cdf))
-        diff = cv2.absdiff(matched, self._ref)
+        diff = cv2.max(cv2.max(cv2.subtract(matched, self._ref_high), cv2.subtract(self._ref_low, matched)), 0.0)
 
         sample = diff[::3, ::3][self._valid[::3, ::3] > 0]
         k = len(sample) // 4
