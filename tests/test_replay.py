@@ -123,3 +123,16 @@ def test_busy_highway_clip_ends_cleanly_at_its_truncation(testdata, tmp_path):
                      "--decisions", str(log))
     assert result.returncode == 0, result.stderr
     assert len(read_decisions(log)) == 748
+
+
+def test_replay_report_and_report_command_write_one_thumbnail_per_kept_frame(tmp_path):
+    clip, _ = car_clip(tmp_path)
+    out, log, page = tmp_path / "out", tmp_path / "d.jsonl", tmp_path / "run.html"
+    result = run_cli("replay", str(clip), "--out", str(out), "--decisions", str(log), "--report", str(page))
+    assert result.returncode == 0, result.stderr
+    kept = sum(d["kept"] for d in read_decisions(log))
+    assert kept >= 2 and page.read_text().count('class="thumb"') == kept
+    again = tmp_path / "again.html"
+    result = run_cli("report", str(log), "--frames", str(out / "frames"), "--out", str(again))
+    assert result.returncode == 0, result.stderr
+    assert again.read_text().count('class="thumb"') == kept

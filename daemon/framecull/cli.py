@@ -119,7 +119,14 @@ def cmd_replay(args) -> int:
     config = _source_for(args.source, _load(args.config))
     source = open_source(config)
     out = Path(args.out)
-    print(replay(config, source, out, Path(args.decisions) if args.decisions else None).summary(out))
+    result = replay(config, source, out, Path(args.decisions) if args.decisions else None)
+    print(result.summary(out))
+    if args.report:
+        from framecull.report import write_report
+
+        page = write_report([d.to_json() for d in result.decisions], out / "frames", Path(args.report),
+                            title=f"framecull replay: {Path(args.source).name}")
+        print(f"report: {page}")
     return 0
 
 
@@ -264,7 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="per-camera TOML (default: built-in defaults)")
     p.add_argument("--out", default="replay-out", help="where kept frames go (default: %(default)s)")
     p.add_argument("--decisions", help="write one JSON line per input frame to this file")
+    p.add_argument("--report", help="also write a self-contained HTML report of the run to this file")
     p.set_defaults(func=cmd_replay)
+
+    from framecull import report
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a replay: stage counts, "
+                                      "scores over time, kept frames")
+    report.add_arguments(p)
+    p.set_defaults(func=report.main)
 
     p = sub.add_parser("demo", help="replay a synthetic parking lot and show what is kept")
     p.add_argument("--out", default="demo-out", help="where kept frames go (default: %(default)s)")
