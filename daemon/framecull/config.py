@@ -147,6 +147,9 @@ class NoveltyConfig(Section):
     region_cells: int = Field(3, ge=1, le=64)  # how many of the most-changed cells are averaged
     neighbours: int = Field(5, ge=1, le=64)  # kept frames compared cell by cell
     min_interval: Duration = 1.0  # during an event, at most one frame per this many seconds
+    # Target keep rate: > 0 lets the thresholds adapt (slowly, x0.25..x4) so that about this many
+    # frames per hour of capture time are kept, still the most novel; 0 = fixed thresholds.
+    target_per_hour: float = Field(0.0, ge=0.0, le=36000.0)
     capacity: int = Field(100_000, ge=1)  # kept frames remembered; the oldest are forgotten first
     forget_after: Duration = 0.0  # forget kept frames older than this ("30d"); 0 = never
     input: ModelInputConfig = Field(default_factory=ModelInputConfig)

@@ -10,10 +10,16 @@ frame is novel when either
   - its mean grey level differs by more than `light_change` (a ratio) from every one of the
     nearest kept frames: the default model ignores brightness (so flicker and auto-exposure make
     no duplicates), yet a new lighting state of the same scene is worth one frame.
+
+Target keep rate (`target_per_hour` > 0): min_distance and min_region_distance are multiplied
+by a factor in [0.25, 4] that rises slowly while frames are kept faster than the target and falls
+while slower (see KeepRate), so a camera delivers about the requested number of frames per hour
+of capture time, still the most novel ones. The light criterion is not scaled.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +35,41 @@ PENDING_LIMIT = 256  # embeddings of recent candidates awaiting the pacing decis
 # Kept frames whose lighting is compared: more than the cell-compared neighbours, because
 # to a brightness-blind model all lighting states of an empty scene are equally near.
 LIGHT_NEIGHBOURS = 32
+
+# Target keep rate: bounds of the factor on the distance thresholds.
+MIN_FACTOR, MAX_FACTOR = 0.25, 4.0
+# The keep rate is averaged over the capture time in which this many frames should be kept at the
+# target: the estimate's own noise is then about 1/sqrt(20), 22%.
+RATE_WINDOW_FRAMES = 20
+# d ln(factor) / dt = RATE_GAIN * ln(rate / target) / window: kept twice too fast for a whole
+# window, the thresholds rise by 2 ** RATE_GAIN.
+RATE_GAIN = 1.0
+
+
+class KeepRate:
+    """An exponential moving estimate of the keep rate over capture time, and the threshold
+    factor it steers: an integral controller in log space, bounded to [MIN_FACTOR, MAX_FACTOR]."""
+
+    def __init__(self, target_per_hour: float) -> None:
+        self.target = target_per_hour
+        self.window = 3600.0 * RATE_WINDOW_FRAMES / target_per_hour  # seconds
+        self.rate = target_per_hour  # frames per hour; starts on target, so the start is calm
+        self.factor = 1.0
+        self._time: float | None = None
+
+    def advance(self, t: float) -> None:
+        if self._time is None:
+            self._time = t
+        dt = max(t - self._time, 0.0)
+        self._time = max(t, self._time)
+        self.rate *= math.exp(-dt / self.window)
+        error = math.log(max(self.rate, self.target / 16) / self.target)
+        step = RATE_GAIN * error * min(dt, self.window) / self.window  # a long gap counts as one window
+        self.factor = min(MAX_FACTOR, max(MIN_FACTOR, self.factor * math.exp(step)))
+
+    def kept(self, t: float) -> None:
+        self.advance(t)
+        self.rate += 3600.0 / self.window
 
 
 def model_spec(cfg: NoveltyConfig) -> ModelSpec:
@@ -72,18 +113,30 @@ class NoveltyGate(Gate):
         self.embedder = embedder
         self.memory = memory
         self._pending: dict[int, tuple[np.ndarray, tuple[int, float] | None, float]] = {}
+        self.keep_rate = KeepRate(cfg.target_per_hour) if cfg.target_per_hour > 0 else None
+
+    @property
+    def factor(self) -> float:
+        return self.keep_rate.factor if self.keep_rate else 1.0
 
     def judge(self, frame: Frame) -> Verdict:
         vector = self.embedder.embed(frame.image)
         light = float(frame.gray.mean())
         region = self.cfg.region and self.embedder.grid is not None
+        if self.keep_rate:
+            self.keep_rate.advance(frame.timestamp)
+        min_distance = self.cfg.min_distance * self.factor
+        min_region_distance = self.cfg.min_region_distance * self.factor
+        adaptive = {"factor": round(self.factor, 4), "min_distance": round(min_distance, 5),
+                    "min_region_distance": round(min_region_distance, 5)} if self.keep_rate else {}
         neighbours = self.memory.search(vector, k=max(self.cfg.neighbours, LIGHT_NEIGHBOURS))
         self._remember_pending(frame.index, vector, neighbours[0] if neighbours else None, light)
         if not neighbours:
-            return Verdict(True, {"distance": None, "region": None, "light": None, "nearest": None, "score": 1e9})
+            return Verdict(True, {"distance": None, "region": None, "light": None, "nearest": None, "score": 1e9,
+                                  **adaptive})
         nearest, distance = neighbours[0]
         # How far past its threshold each measure is; pacing keeps the frame with the largest.
-        ratios = [distance / max(self.cfg.min_distance, 1e-9)]
+        ratios = [distance / max(min_distance, 1e-9)]
         region_distance = light_step = None
         if region:
             kept_vectors = self.memory.get_vectors([i for i, _ in neighbours[: self.cfg.neighbours]])
@@ -91,15 +144,15 @@ class NoveltyGate(Gate):
                 top_cells_mean(cell_distances(vector, kept, self.embedder.grid), self.cfg.region_cells)
                 for kept in kept_vectors
             )
-            ratios.append(region_distance / max(self.cfg.min_region_distance, 1e-9))
+            ratios.append(region_distance / max(min_region_distance, 1e-9))
         if self.light_change > 0:
             known = [k for k in self.memory.get_light([i for i, _ in neighbours]) if k is not None]
             if known:
                 light_step = min(lighting_change(light, k) for k in known)
                 ratios.append(light_step / self.light_change)
         novel = (
-            distance > self.cfg.min_distance
-            or (region_distance is not None and region_distance > self.cfg.min_region_distance)
+            distance > min_distance
+            or (region_distance is not None and region_distance > min_region_distance)
             or (light_step is not None and light_step > self.light_change)
         )
         return Verdict(novel, {
@@ -108,6 +161,7 @@ class NoveltyGate(Gate):
             "light": None if light_step is None else round(light_step, 4),
             "nearest": nearest,
             "score": round(max(ratios), 4),
+            **adaptive,
         })
 
     def _remember_pending(self, index: int, vector: np.ndarray, nearest, light: float) -> None:
@@ -119,7 +173,10 @@ class NoveltyGate(Gate):
         vector, nearest, light = self._pending.pop(frame.index, (None, None, None))
         if vector is None:  # kept without being judged here
             vector, light = self.embedder.embed(frame.image), float(frame.gray.mean())
-        self.memory.add(vector, frame.timestamp, self._relative(path), self.cfg.min_distance, nearest, light)
+        if self.keep_rate:
+            self.keep_rate.kept(frame.timestamp)
+        self.memory.add(vector, frame.timestamp, self._relative(path), self.cfg.min_distance * self.factor, nearest,
+                        light)
         self.memory.evict(frame.timestamp)
 
     def _relative(self, path: str | None) -> str:
