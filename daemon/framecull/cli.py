@@ -296,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_probe)
 
+    from framecull import calibrate, preview
+
+    p = sub.add_parser("preview", help="PNGs of what the gates see for a sample of frames: masks, changed "
+                                       "contours, motion vectors, scores and the real decision")
+    preview.add_arguments(p)
+    p.set_defaults(func=preview.main)
+
+    p = sub.add_parser("calibrate", help="replay once, plot scores and kept-vs-threshold curves, suggest "
+                                         "novelty thresholds for a target rate (plots need framecull[tools])")
+    calibrate.add_arguments(p)
+    p.set_defaults(func=calibrate.main)
+
     p = sub.add_parser("memory", help="the memory of kept frames: stats, rebuild (after a model change), export")
     p.add_argument("action", choices=["stats", "rebuild", "export"])
     p.add_argument("--config", help="per-camera TOML (its store root and novelty model)")

@@ -166,9 +166,7 @@ class Pipeline:
     def save(self) -> None:
         """Save what the gates hold on disk (the novelty memory's index), without closing."""
         for gate in self.gates:
-            memory = getattr(gate, "memory", None)
-            if memory is not None:
-                memory.save()
+            gate.save()
 
     def close(self) -> None:
         for gate in self.gates:

@@ -3,7 +3,7 @@
 A gate has a `name` (the stage written in decisions) and `judge(frame) -> Verdict`.
 `on_kept(frame, path)` tells it the pipeline stored the frame (the novelty gate remembers only
 what was really kept); `reset()` forgets per-stream state such as a reference frame;
-`close()` releases what the gate holds (the novelty gate saves its index).
+`save()` writes what it holds to disk and `close()` releases it (the novelty gate's index).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ class Gate:
         pass
 
     def reset(self) -> None:
+        pass
+
+    def save(self) -> None:
         pass
 
     def close(self) -> None:

@@ -188,5 +188,8 @@ class NoveltyGate(Gate):
         except ValueError:
             return str(path)
 
+    def save(self) -> None:
+        self.memory.save()
+
     def close(self) -> None:
         self.memory.close()
