@@ -31,7 +31,7 @@ from framecull.config import Config, load_config
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
 from framecull.pipeline import Budget, Decision, Pipeline, build_pipeline
-from framecull.sources import Source, iter_frames, open_source
+from framecull.sources import Source, iter_frames, open_source, with_recorded_source
 
 SCALES = np.geomspace(1 / 8, 8, 41)  # factors on the configured novelty thresholds
 CHANGED_SPAN = 4.0  # the min_changed curve spans current / 4 .. current * 4
@@ -57,12 +57,8 @@ class Recording:
 
 
 def open_footage(path: str, config: Config) -> tuple[Config, Source]:
-    """The config with its source replaced by `path`: a folder, a video file, or synthetic:NAME."""
-    if path.startswith("synthetic:"):
-        source = {"kind": "synthetic", "uri": path.split(":", 1)[1]}
-    else:
-        source = {"kind": "folder" if Path(path).is_dir() else "file", "uri": path}
-    config = config.model_copy(update={"source": config.source.model_copy(update=source)})
+    """The config with its source replaced by `path` (see with_recorded_source), and that source."""
+    config = with_recorded_source(config, path)
     return config, open_source(config)
 
 
@@ -129,8 +125,7 @@ class _Cached:
 
 def simulate(rec: Recording, scale: float = 1.0, min_changed: float | None = None) -> list[Decision]:
     """The candidates' decisions at the novelty thresholds times `scale` and at `min_changed`."""
-    from framecull.gates.novelty import NoveltyGate
-    from framecull.memory import Memory
+    from framecull.gates.novelty import NoveltyGate, open_memory
 
     config = rec.config
     nov = config.gates.novelty
@@ -140,7 +135,7 @@ def simulate(rec: Recording, scale: float = 1.0, min_changed: float | None = Non
     embedder = _Cached(rec.embedder, rec.vectors)
     scores = {i: (changed, forced) for i, _, changed, forced, _ in rec.candidates}
     with tempfile.TemporaryDirectory(prefix="framecull-calibrate-") as root:
-        memory = Memory(Path(root), embedder.sha256, embedder.dim, nov.capacity, nov.forget_after, grid=embedder.grid)
+        memory = open_memory(nov, embedder, Path(root))
         gates = [_Replayed(scores, min_changed)]
         if nov.enabled:
             gates.append(NoveltyGate(cfg, embedder, memory, light_change=config.gates.change.light_change))

@@ -15,7 +15,7 @@ import cv2
 
 from framecull.config import EX_CONFIG, Config, ConfigError, load_config, to_toml
 from framecull.pipeline import Decision, build_pipeline
-from framecull.sources import Source, SourceError, iter_frames, open_source
+from framecull.sources import Source, SourceError, iter_frames, open_source, with_recorded_source
 from framecull.store import Store
 
 EX_NOINPUT = 66  # sysexits.h: the input (source) does not exist or cannot be read
@@ -72,7 +72,7 @@ def replay(config: Config, source: Source, out: Path, decisions_path: Path | Non
     if (out / "memory.sqlite").exists() and config.gates.novelty.enabled:
         log.warning("%s already holds the memory of an earlier run: frames like those it kept will not be "
                     "kept again (use a new --out to start afresh)", out)
-    store = Store(out, config.camera, config.store.quality, config.digest(), int(config.store.max_bytes))
+    store = Store.from_config(config, out)
     pipeline = build_pipeline(config, store, memory_root=out)
     decisions: list[Decision] = []
     progress = Progress(source.frame_count)
@@ -99,12 +99,6 @@ def _load(path: str | None) -> Config:
     return load_config(path) if path else Config()
 
 
-def _source_for(path: str, config: Config) -> Config:
-    """The config with its source replaced by a recorded folder or video file."""
-    kind = "folder" if Path(path).is_dir() else "file"
-    return config.model_copy(update={"source": config.source.model_copy(update={"kind": kind, "uri": path})})
-
-
 def cmd_check_config(args) -> int:
     config = load_config(args.file)
     if config.gates.novelty.enabled:
@@ -116,7 +110,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    config = _source_for(args.source, _load(args.config))
+    config = with_recorded_source(_load(args.config), args.source)
     source = open_source(config)
     out = Path(args.out)
     result = replay(config, source, out, Path(args.decisions) if args.decisions else None)
@@ -169,8 +163,7 @@ def _memory_root(args, config: Config) -> Path:
 def cmd_memory(args) -> int:
     import sqlite3
 
-    from framecull.gates.novelty import load_embedder
-    from framecull.memory import Memory, ModelMismatch
+    from framecull.gates.novelty import load_embedder, open_memory
 
     config = _load(args.config)
     root = _memory_root(args, config)
@@ -183,9 +176,7 @@ def cmd_memory(args) -> int:
         # frames the server already pulled away cannot be re-embedded and are forgotten.
         with sqlite3.connect(root / "memory.sqlite") as db:
             rows = db.execute("SELECT time, file, threshold FROM kept ORDER BY id").fetchall()
-        memory = Memory(root, embedder.sha256, embedder.dim, novelty.capacity, novelty.forget_after,
-                        rebuild=True, grid=embedder.grid)
-        with memory:
+        with open_memory(novelty, embedder, root, rebuild=True) as memory:
             if len(memory) == 0:
                 for time_, file, threshold in rows:
                     image = cv2.imread(str(root / file)) if file else None
@@ -194,12 +185,7 @@ def cmd_memory(args) -> int:
             print(f"memory at {root}: {len(memory)} frames for model {embedder.sha256[:12]} "
                   f"({len(rows) - len(memory)} of {len(rows)} forgotten: their images are gone)")
         return 0
-    try:
-        memory = Memory(root, embedder.sha256, embedder.dim, novelty.capacity, novelty.forget_after,
-                        grid=embedder.grid)
-    except ModelMismatch as exc:
-        raise ConfigError(f"gates.novelty.model: {exc}") from None
-    with memory:
+    with open_memory(novelty, embedder, root) as memory:
         if args.action == "stats":
             for key, value in memory.stats().items():
                 print(f"{key}: {value}")

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationError, field_validator
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd must not restart-loop on it
 
@@ -34,7 +34,7 @@ def parse_duration(value: str | int | float) -> float:
     return seconds
 
 
-Duration = Annotated[float, Field(ge=0)]  # seconds; the TOML may say "30m" (see parse_duration)
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]  # seconds, or "30m", "2h"...
 
 
 class Section(BaseModel):
@@ -52,11 +52,6 @@ class SourceConfig(Section):
     transport: Literal["tcp", "udp"] = "tcp"  # rtsp
     timeout: Duration = 5.0  # a read that takes longer means the camera is gone (opening: twice this)
     reconnect_max: Duration = 60.0  # reconnect delays double from 1 s up to this
-
-    @field_validator("timeout", "reconnect_max", mode="before")
-    @classmethod
-    def _duration(cls, v):
-        return parse_duration(v)
 
     @field_validator("timeout", "reconnect_max")
     @classmethod
@@ -154,11 +149,6 @@ class NoveltyConfig(Section):
     forget_after: Duration = 0.0  # forget kept frames older than this ("30d"); 0 = never
     input: ModelInputConfig = Field(default_factory=ModelInputConfig)
 
-    @field_validator("min_interval", "forget_after", mode="before")
-    @classmethod
-    def _duration(cls, v):
-        return parse_duration(v)
-
 
 class GatesConfig(Section):
     motion_vectors: MotionVectorsConfig = Field(default_factory=MotionVectorsConfig)
@@ -173,11 +163,6 @@ class StoreConfig(Section):
     max_per_day: int = Field(0, ge=0)  # 0 = no cap
     max_bytes: ByteSize = ByteSize(0)  # e.g. "20GB"; 0 = no cap
     heartbeat: Duration = 0.0  # keep a frame when nothing was kept this long; 0 = off
-
-    @field_validator("heartbeat", mode="before")
-    @classmethod
-    def _duration(cls, v):
-        return parse_duration(v)
 
 
 class ServiceConfig(Section):

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from framecull.config import ConfigError
 
 from framecull.frame import Frame
 from framecull.gates import Gate
@@ -197,17 +196,10 @@ def build_pipeline(config, store=None, memory_root: Path | None = None, rebuild:
     gates.append(ChangeGate(config.gates.change))
     novelty = config.gates.novelty
     if novelty.enabled:
-        from framecull.gates.novelty import NoveltyGate, load_embedder
-        from framecull.memory import Memory, ModelMismatch
+        from framecull.gates.novelty import NoveltyGate, load_embedder, open_memory
 
         embedder = load_embedder(novelty)
-        root = memory_root or config.store_root
-        root.mkdir(parents=True, exist_ok=True)
-        try:
-            memory = Memory(root, embedder.sha256, embedder.dim, capacity=novelty.capacity,
-                            forget_after=novelty.forget_after, rebuild=rebuild, grid=embedder.grid)
-        except ModelMismatch as exc:
-            raise ConfigError(f"gates.novelty.model: {exc}") from None
+        memory = open_memory(novelty, embedder, memory_root or config.store_root, rebuild)
         gates.append(NoveltyGate(novelty, embedder, memory, light_change=config.gates.change.light_change))
     budget = Budget(config.store.max_per_hour, config.store.max_per_day)
     return Pipeline(gates, store, min_interval=novelty.min_interval,

@@ -259,8 +259,7 @@ class Service:
     # -- building ---------------------------------------------------------------------------
 
     def _build(self, config: Config) -> tuple[Store, Pipeline]:
-        store = Store(config.store_root, config.camera, config.store.quality, config.digest(),
-                      int(config.store.max_bytes))
+        store = Store.from_config(config)
         pipeline = build_pipeline(config, store)  # ConfigError for a model or memory that cannot be used
         self._guard_memory(pipeline)
         return store, pipeline

@@ -55,6 +55,12 @@ class Store:
         self._clean_tmp()
         self._bytes = self._measure() if max_bytes else 0
 
+    @classmethod
+    def from_config(cls, config, root: Path | None = None) -> "Store":
+        """The store the per-camera config describes, at `root` (default: its store root)."""
+        return cls(root or config.store_root, config.camera, config.store.quality, config.digest(),
+                   int(config.store.max_bytes))
+
     def _clean_tmp(self) -> None:
         """Leftovers of a crash: anything in tmp/ is partial by definition, and a sidecar whose
         image never arrived (killed between the two renames) describes nothing."""

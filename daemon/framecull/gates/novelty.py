@@ -29,7 +29,7 @@ from framecull.embedder import Embedder, ModelSpec, cell_distances, default_mode
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
 from framecull.gates.change import lighting_change
-from framecull.memory import Memory
+from framecull.memory import Memory, ModelMismatch
 
 PENDING_LIMIT = 256  # embeddings of recent candidates awaiting the pacing decision
 # Kept frames whose lighting is compared: more than the cell-compared neighbours, because
@@ -95,6 +95,16 @@ def load_embedder(cfg: NoveltyConfig) -> Embedder:
     try:
         return Embedder(model_spec(cfg))
     except ValueError as exc:
+        raise ConfigError(f"gates.novelty.model: {exc}") from None
+
+
+def open_memory(cfg: NoveltyConfig, embedder: Embedder, root: Path, rebuild: bool = False) -> Memory:
+    """The memory of kept frames at `root` for this model; a memory of another model is a
+    config error naming the way out (`framecull memory rebuild`)."""
+    try:
+        return Memory(root, embedder.sha256, embedder.dim, capacity=cfg.capacity,
+                      forget_after=cfg.forget_after, rebuild=rebuild, grid=embedder.grid)
+    except ModelMismatch as exc:
         raise ConfigError(f"gates.novelty.model: {exc}") from None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Iterator
 
 from framecull.config import Config
@@ -89,6 +90,16 @@ def open_source(config: Config) -> Source:
                                motion_vectors=config.gates.motion_vectors.enabled, read_timeout=s.timeout,
                                reconnect_max=s.reconnect_max)
     raise SourceError(f"unknown source kind {kind!r}")
+
+
+def with_recorded_source(config: Config, path: str) -> Config:
+    """The config with its source replaced by recorded footage: a folder of images, a video
+    file, or synthetic:NAME (a synthetic scene)."""
+    if path.startswith("synthetic:"):
+        source = {"kind": "synthetic", "uri": path.split(":", 1)[1]}
+    else:
+        source = {"kind": "folder" if Path(path).is_dir() else "file", "uri": path}
+    return config.model_copy(update={"source": config.source.model_copy(update=source)})
 
 
 def iter_frames(source: Source, fps: float) -> Iterator[Frame]:
