@@ -80,7 +80,7 @@ def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
 def fill_memory(root: Path, dim: int, grid: tuple[int, int], n: int) -> None:
     """n kept frames in memory.sqlite, written in batches (Memory.add would fsync each), and no
     index.faiss, so the first open rebuilds it as after a crash or an upgrade."""
-    Memory(root, "bench", dim, grid=grid).close()
+    Memory(root, "bench", dim, capacity=10**9, forget_after=0.0, grid=grid).close()
     (root / "index.faiss").unlink()
     with sqlite3.connect(root / "memory.sqlite") as db:
         for start in range(0, n, BATCH):
@@ -101,7 +101,7 @@ def child(root: str, dim: int, cols: int, rows: int) -> None:
     """Runs in a fresh process: the default embedder and a full Memory, as the daemon holds them."""
     Embedder(default_model_spec(), threads=1)
     start = time.perf_counter()
-    memory = Memory(Path(root), "bench", dim, capacity=10**9, grid=(cols, rows))
+    memory = Memory(Path(root), "bench", dim, capacity=10**9, forget_after=0.0, grid=(cols, rows))
     opened = time.perf_counter() - start
     n = len(memory)
     memory.capacity = n  # full: from now on each add is followed by the eviction of the oldest

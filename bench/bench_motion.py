@@ -26,9 +26,9 @@ from framecull.config import Config  # noqa: E402
 from framecull.frame import Frame, analysis_plane  # noqa: E402
 from framecull.gates.change import ChangeGate  # noqa: E402
 from framecull.gates.motion import MotionVectorGate  # noqa: E402
-from framecull.pipeline import Pipeline, build_pipeline  # noqa: E402
-from framecull.sources.video import VideoFileSource, gray_plane  # noqa: E402
-from framecull.store import Store  # noqa: E402
+from framecull.runner import Collect, Runner  # noqa: E402
+from framecull.sources import open_source, with_recorded_source  # noqa: E402
+from framecull.sources.video import gray_plane  # noqa: E402
 
 SHARED_CLIP = (Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
                / "intel_one-by-one-person-detection.mp4")
@@ -81,7 +81,8 @@ def gate_costs(clip: Path) -> tuple[float, float]:
         frames = list(container.decode(stream))
     mv_cost = change_cost = float("inf")
     for _ in range(3):
-        mv_gate, change_gate = MotionVectorGate(regions=config.gates.change), ChangeGate(config.gates.change)
+        mv_gate = MotionVectorGate(config.gates.motion_vectors, config.regions)
+        change_gate = ChangeGate(config.gates.change, config.regions, config.lighting)
         start = time.perf_counter()
         for i, frame in enumerate(frames):
             mv_gate.judge(Frame(i, i / 10, load_gray=lambda: None, load_image=lambda: None,
@@ -89,56 +90,48 @@ def gate_costs(clip: Path) -> tuple[float, float]:
         mv_cost = min(mv_cost, (time.perf_counter() - start) / len(frames))
         start = time.perf_counter()
         for i, frame in enumerate(frames):
-            change_gate.judge(Frame(i, i / 10, analysis_plane(gray_plane(frame), config.gates.change.width),
+            change_gate.judge(Frame(i, i / 10, analysis_plane(gray_plane(frame), config.source.analysis_width),
                                     load_image=lambda: None))
         change_cost = min(change_cost, (time.perf_counter() - start) / len(frames))
     return mv_cost * 1e6, change_cost * 1e6
 
 
-def replay(clip: Path, gates_for, runs: int = 3) -> tuple[float, float, Counter, int]:
-    """Best frames/s and CPU ms/frame (all threads) of `runs`, decisions by stage and frames kept,
-    for the pipeline `gates_for` builds."""
+def replay(clip: Path, config: Config, runs: int = 3) -> tuple[float, float, Counter, int]:
+    """Best frames/s and CPU ms/frame (all threads) of `runs` through the daemon's Runner, decisions
+    by stage and frames kept, for `config`. Timed from the first frame to the flush of the last:
+    the runner (model load) and the source are built before, the memory is closed after."""
     best, best_cpu = 0.0, float("inf")
+    config = with_recorded_source(config, str(clip))  # the file source reads vectors only if the gate is on
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as out:
-            config = Config()
-            store = Store(out, config.camera, config.store.quality, config.digest(), 0)
-            pipeline = gates_for(config, store, Path(out))
-            uses_vectors = any(isinstance(gate, MotionVectorGate) for gate in pipeline.gates)
-            source = VideoFileSource(clip, config.gates.change.width, motion_vectors=uses_vectors)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            decisions = list(pipeline.run(source.frames()))
-            best = max(best, len(decisions) / (time.perf_counter() - start))
-            best_cpu = min(best_cpu, (time.process_time() - start_cpu) / len(decisions) * 1000)
-            pipeline.close()
-            source.close()
+            collect = Collect()
+            with Runner(config, Path(out), sinks=[collect]) as runner, open_source(config) as source:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                runner.run(source.frames())  # every frame: no fps throttle
+                best = max(best, runner.frames_in / (time.perf_counter() - start))
+                best_cpu = min(best_cpu, (time.process_time() - start_cpu) / runner.frames_in * 1000)
+            decisions = collect.decisions
     return best, best_cpu, Counter(d.stage for d in decisions), sum(d.kept for d in decisions)
 
 
-def change_only(config, store, out):
-    return Pipeline([ChangeGate(config.gates.change)], store)
+def variant(motion_vectors: bool, novelty: bool) -> Config:
+    """The default config with the motion-vector and novelty gates on or off (the change gate is
+    always there). Without novelty, event pacing is off too (min_interval 0): every frame the
+    cheap gates pass is stored, so those rows show the cost of the cheap gates and of the writes."""
+    return Config.model_validate({"gates": {"motion_vectors": {"enabled": motion_vectors},
+                                            "novelty": {"enabled": novelty}},
+                                  "pacing": {} if novelty else {"min_interval": 0}})
 
 
-def mv_then_change(config, store, out):
-    return Pipeline([MotionVectorGate(regions=config.gates.change), ChangeGate(config.gates.change)], store)
-
-
-def full_without_mv(config, store, out):
-    config.gates.motion_vectors.enabled = False
-    return build_pipeline(config, store, memory_root=out)
-
-
-def full(config, store, out):
-    return build_pipeline(config, store, memory_root=out)  # the default: motion vectors first
-
-
-PIPELINES = (("change", change_only), ("motion_vectors + change", mv_then_change),
-             ("change + novelty", full_without_mv), ("motion_vectors + change + novelty (default)", full))
+PIPELINES = (("change", variant(motion_vectors=False, novelty=False)),
+             ("motion_vectors + change", variant(motion_vectors=True, novelty=False)),
+             ("change + novelty", variant(motion_vectors=False, novelty=True)),
+             ("motion_vectors + change + novelty (default)", Config()))
 
 
 def print_replays(clip: Path) -> None:
-    for label, gates_for in PIPELINES:
-        fps, cpu, stages, kept = replay(clip, gates_for)
+    for label, config in PIPELINES:
+        fps, cpu, stages, kept = replay(clip, config)
         print(f"  {label:44s} {fps:5.0f} frames/s, {cpu:5.2f} CPU ms/frame, kept {kept:4d}, ended at: {dict(stages)}")
 
 

@@ -1,7 +1,7 @@
 """Curation quality with the default config: are the events kept, are the quiet stretches left alone?
 
-Replays labelled footage through the exact pipeline of `framecull replay` (default config, a fresh
-memory per clip) and prints one Markdown row per clip:
+Replays labelled footage through `framecull.replay.replay`, the runner `framecull replay` uses
+(default config, a fresh output folder and memory per clip), and prints one Markdown row per clip:
 
   frames        frames judged
   kept          frames kept
@@ -9,7 +9,8 @@ memory per clip) and prints one Markdown row per clip:
   quiet keeps   kept frames inside quiet stretches beyond the first frame of each stretch, in total
                 and the most in one stretch (target on the synthetic scenes: <= 1 per stretch)
   kept/min      kept frames per minute of footage (what the busy negative control is judged by)
-  ms/frame      replay wall time per frame: decode, gates, store writes
+  ms/frame      replay wall time per frame (from the runner's start, after the model is loaded, to
+                its close): decode, gates, store writes
 
 Footage: (a) synthetic parking lots with exact ground truth from the generator (Scene.events,
 Scene.quiet), including sensor noise + JPEG, lighting drift + a light step, camera jitter of
@@ -35,10 +36,11 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from framecull.cli import replay
 from framecull.config import Config
 from framecull.frame import Frame
-from framecull.sources import open_source
+from framecull.replay import DECISIONS_FILE, replay
+from framecull.report import load_decisions
+from framecull.sources import open_source, with_recorded_source
 from framecull.sources.synthetic import Scene, SyntheticSource, parking_lot
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "videos"
@@ -116,18 +118,19 @@ def real_clips(config: Config):
         if not clip.exists():
             print(f"{label['clip']} skipped: not found in {VIDEOS}")
             continue
-        source_cfg = config.source.model_copy(update={"kind": "file", "uri": str(clip)})
-        source = open_source(config.model_copy(update={"source": source_cfg}))
+        source = open_source(with_recorded_source(config, str(clip)))
         events = [(e["start"], e["end"]) for e in label["events"]]
         yield label["clip"], source, events, None, bool(label.get("busy"))
 
 
 def measure(config: Config, name: str, source, events, quiet, busy: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        result = replay(config, source, Path(tmp))
-    decisions = result.decisions
-    kept = sorted(d.index for d in decisions if d.kept)
-    n = max(d.index for d in decisions) + 1
+        out = Path(tmp) / "out"
+        runner = replay(config, source, out)  # closed when it returns
+        seconds = time.perf_counter() - runner.started
+        decisions = load_decisions(out / DECISIONS_FILE)  # one per frame, in input order
+    kept = sorted(d["index"] for d in decisions if d["kept"])
+    n = max(d["index"] for d in decisions) + 1
     if quiet is None:
         quiet = quiet_from_labels(events, n, MARGIN)
     per_stretch = [sum(first < k <= last for k in kept) for first, last in quiet]
@@ -137,14 +140,14 @@ def measure(config: Config, name: str, source, events, quiet, busy: bool) -> dic
         if not busy and not any(s <= k <= e for k in kept):
             after = next((k for k in kept if k > e), None)
             notes.append(f"event {s}-{e} missed; next keep: " + (f"frame {after}" if after is not None else "none"))
-    span = decisions[-1].timestamp - decisions[0].timestamp
+    span = decisions[-1]["timestamp"] - decisions[0]["timestamp"]
     minutes = (span * len(decisions) / max(1, len(decisions) - 1)) / 60  # one frame interval per frame
     return {
         "clip": name, "frames": len(decisions), "kept": len(kept), "busy": busy,
         "recall": sum(any(s <= k <= e for k in kept) for s, e in events) / len(events) if events else None,
         "events": len(events), "quiet": sum(per_stretch), "stretches": len(quiet),
         "worst": max(per_stretch, default=0), "per_min": len(kept) / minutes if minutes > 0 else 0.0,
-        "ms": 1000 * result.seconds / len(decisions),
+        "ms": 1000 * seconds / len(decisions),
         "synthetic": name.startswith("synthetic"), "notes": notes,
     }
 
@@ -164,7 +167,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     config = Config()
     started = time.perf_counter()
-    clips = list(synthetic_clips(config.gates.change.width)) + list(real_clips(config))
+    clips = list(synthetic_clips(config.source.analysis_width)) + list(real_clips(config))
     rows = []
     for name, source, events, quiet, busy in clips:
         rows.append(measure(config, name, source, events, quiet, busy))

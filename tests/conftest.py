@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,29 @@ def rtsp_ready():
         if os.environ.get("CI"):
             pytest.fail(f"{message} (CI must install: apt-get install {rtsp_server.DEBIAN_PACKAGES})")
         pytest.skip(message)
+
+
+@pytest.fixture
+def tiny_disk():
+    """A real 2 MB tmpfs, to fill up (needs root to mount)."""
+    where = Path(tempfile.mkdtemp(prefix="fc-tmpfs-", dir="/tmp"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {mounted.stderr.strip()}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)])
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def fill(disk: Path) -> Path:
+    """Fill a disk to the last byte with a ballast file; returns it (unlink it to free the space)."""
+    ballast = disk / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return ballast

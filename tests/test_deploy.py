@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 from net import free_port
 
+pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
+
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "framecull@.service"
 INSTALL = REPO / "deploy" / "install.sh"
@@ -277,8 +279,8 @@ def test_pull_takes_whole_pairs_while_the_device_writes(sshd, tmp_path):
     from framecull.store import Store
 
     dest = tmp_path / "server"
-    north = Store(sshd.served / "lot-north", camera="lot-north", quality=90)
-    south = Store(sshd.served / "lot-south", camera="lot-south", quality=90)
+    north = Store(sshd.served / "lot-north", "lot-north", quality=90, config_hash="", max_bytes=0)
+    south = Store(sshd.served / "lot-south", "lot-south", quality=90, config_hash="", max_bytes=0)
     # install.sh --camera creates <camera>/frames/; pulling it before the first frame is fine.
     (sshd.served / "lot-north" / "frames").mkdir(parents=True)
     empty = run([str(PULL / "pull.sh"), str(sshd.hosts), str(dest)], env=sshd.env)
@@ -413,10 +415,11 @@ def test_playbook_runs_locally_into_a_root(tmp_path):
     cameras = [
         {"name": "lot-north", "settings": {
             "source": {"kind": "synthetic", "fps": 5.0},
-            "gates": {"change": {"min_changed": 0.01, "masks": [
+            "regions": {"masks": [
                 {"name": "timestamp", "polygon": [[0.0, 0.0], [1.0, 0.0], [1.0, 0.06], [0.0, 0.06]]}]},
-                "novelty": {"min_distance": 0.07}},
-            "store": {"max_bytes": "20GB", "heartbeat": "30m"}}},
+            "gates": {"change": {"min_changed": 0.01}, "novelty": {"min_distance": 0.07}},
+            "pacing": {"heartbeat": "30m"},
+            "budget": {"max_bytes": "20GB"}}},
         {"name": "shop-door"},
     ]
     inventory = tmp_path / "inventory.json"

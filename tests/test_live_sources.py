@@ -19,11 +19,12 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 import rtsp_server
-from framecull.config import Config
-from framecull.pipeline import build_pipeline
+from framecull.config import Config, SourceConfig
 from framecull.probe import format_probe, kind_for_uri, probe
+from framecull.runner import Collect, Runner
 from framecull.sources import SourceError, live
 from framecull.sources.live import Backoff, StreamClock
 from framecull.sources.rtsp import RtspSource
@@ -32,8 +33,17 @@ from framecull.sources.v4l2 import V4l2Source
 from scenes import encode_video, textured_background, to_bgr, with_car
 from net import free_port
 
+pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
+
 FAKE_PICAMERA2 = Path(__file__).parent / "fake_picamera2"
-FAST_RECONNECT = {"reconnect_min": 0.1, "reconnect_max": 0.4}
+FAST_RECONNECT = {"reconnect_min": 0.1}  # not a config key: a tests-only keyword of LiveSource
+
+
+def rtsp_source(url: str, timeout: float, **tuning) -> RtspSource:
+    """An RTSP source at the shortest timings the config allows: reads time out after `timeout`,
+    opening after twice that, reconnect delays double up to 1 s."""
+    cfg = SourceConfig(kind="rtsp", uri=url, analysis_width=160, timeout=timeout, reconnect_max=1)
+    return RtspSource(cfg, motion_vectors=True, **tuning)
 
 
 def wait_until(condition, timeout: float) -> bool:
@@ -97,7 +107,7 @@ def test_stream_clock_keeps_the_stream_spacing_and_never_runs_ahead(monkeypatch)
 
 
 def test_rtsp_decodes_with_motion_vectors_and_resumes_when_the_server_comes_back(server):
-    source = RtspSource(server.url, width=160, open_timeout=3, read_timeout=2, queue_size=64, **FAST_RECONNECT)
+    source = rtsp_source(server.url, timeout=2, queue_size=64, **FAST_RECONNECT)
     guard = close_after(source, 40)
     frames = source.frames()
     before = list(itertools.islice(frames, 20))
@@ -130,7 +140,7 @@ def test_rtsp_decodes_with_motion_vectors_and_resumes_when_the_server_comes_back
 
 
 def test_a_slow_consumer_makes_the_rtsp_source_drop_the_oldest_frames(server):
-    source = RtspSource(server.url, width=160, open_timeout=3, read_timeout=2, queue_size=3, **FAST_RECONNECT)
+    source = rtsp_source(server.url, timeout=2, queue_size=3, **FAST_RECONNECT)
     guard = close_after(source, 30)
     delivered, behind = [], []
     for frame in source.frames():
@@ -150,7 +160,7 @@ def test_a_slow_consumer_makes_the_rtsp_source_drop_the_oldest_frames(server):
 
 
 def test_a_hung_camera_times_out_and_close_ends_the_frames_at_once(server):
-    source = RtspSource(server.url, width=160, open_timeout=1, read_timeout=1, **FAST_RECONNECT)
+    source = rtsp_source(server.url, timeout=1, **FAST_RECONNECT)
     guard = close_after(source, 30)
     frames = source.frames()
     next(frames)
@@ -158,8 +168,8 @@ def test_a_hung_camera_times_out_and_close_ends_the_frames_at_once(server):
     paused = time.monotonic()
     assert wait_until(lambda: source.counters.reconnects >= 1, 5), source.stats()
     assert time.monotonic() - paused < 1 + 2  # the read timed out
-    # Reopening now hangs in the RTSP handshake (the kernel accepts, no one answers) until
-    # open_timeout, again and again.
+    # Reopening now hangs in the RTSP handshake (the kernel accepts, no one answers) until the
+    # open timeout (2 s), again and again.
     assert wait_until(lambda: source.counters.reconnects >= 2, 5), source.stats()
     consumer = threading.Thread(target=lambda: list(frames))
     consumer.start()
@@ -173,13 +183,12 @@ def test_a_hung_camera_times_out_and_close_ends_the_frames_at_once(server):
 
 
 def test_a_camera_that_is_not_there_is_retried_with_backoff_and_never_blocks():
-    source = RtspSource(f"rtsp://admin:secret@127.0.0.1:{free_port()}/cam", width=160, open_timeout=1,
-                        read_timeout=1, reconnect_min=0.1, reconnect_max=0.4)
+    source = rtsp_source(f"rtsp://admin:secret@127.0.0.1:{free_port()}/cam", timeout=1, **FAST_RECONNECT)
     delivered = []
     consumer = threading.Thread(target=lambda: delivered.extend(source.frames()))
     consumer.start()
-    time.sleep(1.6)  # attempts at 0, 0.1, 0.3, 0.7, 1.1, 1.5 s: the delays double, then stay at 0.4
-    assert 3 <= source.counters.reconnects <= 6, source.stats()
+    time.sleep(1.6)  # attempts at 0, 0.1, 0.3, 0.7, 1.5 s: the delays double up to reconnect_max (1 s)
+    assert 3 <= source.counters.reconnects <= 5, source.stats()
     assert "refused" in source.counters.last_error.lower()
     assert "admin:***@127.0.0.1" in source.counters.last_error and "secret" not in source.counters.last_error
     closing = time.monotonic()
@@ -187,12 +196,12 @@ def test_a_camera_that_is_not_there_is_retried_with_backoff_and_never_blocks():
     consumer.join(2)
     assert not consumer.is_alive() and time.monotonic() - closing < 1.5
     assert delivered == [] and source.counters.frames == 0
-    assert source.backoff.next() == 0.4  # never reset: no frame ever came
+    assert source.backoff.next() == 1.0  # never reset: no frame ever came
 
 
 def test_rtsp_source_refuses_what_is_not_a_url():
     with pytest.raises(SourceError, match="not a URL"):
-        RtspSource("192.168.1.20/stream", width=160)
+        RtspSource(SourceConfig(kind="rtsp", uri="192.168.1.20/stream"), motion_vectors=True)
 
 
 # --- v4l2 ---
@@ -202,8 +211,10 @@ def test_v4l2_source_reopens_the_capture_when_reading_fails(tmp_path):
     rng = np.random.default_rng(0)
     scene = textured_background(height=240, width=320)
     clip = encode_video(tmp_path / "clip.mp4", [to_bgr(with_car(scene, x=20 + 20 * i, y=100), rng) for i in range(10)])
-    source = V4l2Source(str(clip), width=160, backend=cv2.CAP_FFMPEG, queue_size=64,
-                        reconnect_min=0.05, reconnect_max=5.0)
+    cfg = SourceConfig(kind="v4l2", uri=str(clip), analysis_width=160, reconnect_max=5)
+    source = V4l2Source(cfg, backend=cv2.CAP_FFMPEG, queue_size=64, reconnect_min=0.05)
+    assert source.live and source.stats() == {"frames": 0, "dropped": 0, "reconnects": 0, "last_error": "",
+                                              "queued": 0}
     frames = list(itertools.islice(source.frames(), 25))
     source.close()
     assert [f.index for f in frames] == list(range(25))
@@ -215,15 +226,16 @@ def test_v4l2_source_reopens_the_capture_when_reading_fails(tmp_path):
 
 
 def test_v4l2_source_without_its_camera_retries_and_closes_at_once():
-    source = V4l2Source("/dev/video63", width=160, reconnect_min=0.05, reconnect_max=0.2)
+    source = V4l2Source(SourceConfig(kind="v4l2", uri="/dev/video63", reconnect_max=1), reconnect_min=0.05)
     source.start()
     assert wait_until(lambda: source.counters.reconnects >= 3, 3), source.stats()
     assert "cannot open /dev/video63" in source.counters.last_error
     closing = time.monotonic()
     source.close()
     assert time.monotonic() - closing < 1.5 and source.counters.frames == 0
-    with pytest.raises(SourceError, match="fourcc"):
-        V4l2Source("/dev/video0", width=160, fourcc="MJPEG")
+    assert V4l2Source(SourceConfig(kind="v4l2")).device == "/dev/video0"
+    with pytest.raises(ValidationError, match="fourcc"):
+        SourceConfig(kind="v4l2", fourcc="MJPEG")
 
 
 # --- picamera2 ---
@@ -245,7 +257,7 @@ def test_picamera2_missing_is_a_clear_error(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "picamera2", None)  # as where it is not installed
     with pytest.raises(SourceError, match="apt install python3-picamera2.*--system-site-packages"):
-        Picamera2Source(width=320)
+        Picamera2Source(SourceConfig(kind="picamera2"), motion_vectors=True)
 
 
 def test_picamera2_source_through_the_pipeline(fake_picamera2, tmp_path):
@@ -255,9 +267,10 @@ def test_picamera2_source_through_the_pipeline(fake_picamera2, tmp_path):
     fake_picamera2.Picamera2.reset(scene)
     # The camera runs 20 times faster than the scene's 5 fps: event pacing (one kept frame per
     # second of capture time) would span whole events, so it is off.
-    config = Config.model_validate({"gates": {"novelty": {"enabled": False, "min_interval": 0}}})
-    width = config.gates.change.width
-    source = Picamera2Source(width=width, capture_size=(640, 360), capture_fps=100, queue_size=scene.n_frames)
+    config = Config.model_validate({"source": {"kind": "picamera2", "capture_size": [640, 360], "capture_fps": 100},
+                                    "gates": {"novelty": {"enabled": False}}, "pacing": {"min_interval": 0}})
+    width = config.source.analysis_width
+    source = Picamera2Source(config.source, config.gates.motion_vectors.enabled, queue_size=scene.n_frames)
     seen = []
 
     def watched(frames):
@@ -268,9 +281,11 @@ def test_picamera2_source_through_the_pipeline(fake_picamera2, tmp_path):
                 assert np.array_equal(frame.gray, cv2.cvtColor(small, cv2.COLOR_BGR2YUV_I420)[:180])
             yield frame
 
-    pipeline = build_pipeline(config, None, memory_root=tmp_path)
-    decisions = list(pipeline.run(watched(itertools.islice(source.frames(), scene.n_frames))))
+    collect = Collect()
+    with Runner(config, tmp_path, write=False, sinks=[collect]) as runner:
+        runner.run(watched(itertools.islice(source.frames(), scene.n_frames)))
     source.close()
+    decisions = collect.decisions
 
     assert [d.index for d in decisions] == list(range(scene.n_frames)) and source.counters.dropped == 0
     assert all(gray == (180, 320) and image == (360, 640, 3) for _, gray, image, _ in seen)
@@ -297,8 +312,9 @@ def test_picamera2_source_reopens_a_camera_that_fails(fake_picamera2):
     camera.reset(parking_lot(width=320, height=180, fps=5, quiet_seconds=2))
     camera.failed_opens = 2  # not there at first
     camera.stall_at = 20  # then, 20 frames in, it stops delivering
-    source = Picamera2Source(width=160, capture_size=(320, 180), capture_fps=100, read_timeout=0.3, queue_size=64,
-                             reconnect_min=0.05, reconnect_max=0.2)
+    cfg = SourceConfig(kind="picamera2", analysis_width=160, capture_size=(320, 180), capture_fps=100, timeout=1,
+                       reconnect_max=1)
+    source = Picamera2Source(cfg, motion_vectors=True, queue_size=64, reconnect_min=0.05)
     started = time.monotonic()
     frames = list(itertools.islice(source.frames(), 40))
     source.close()
@@ -325,7 +341,8 @@ def test_probe_reports_what_a_camera_delivers(fake_picamera2):
     from framecull.sources.picamera2 import Picamera2Source
 
     fake_picamera2.Picamera2.reset(parking_lot(width=640, height=360, fps=5))  # 16 quiet seconds first
-    report = probe(Picamera2Source(width=320, capture_size=(640, 360), capture_fps=40), seconds=1.0)
+    cfg = SourceConfig(kind="picamera2", capture_size=(640, 360), capture_fps=40)  # analysed 320 wide
+    report = probe(Picamera2Source(cfg, motion_vectors=True), seconds=1.0)
     assert (report["width"], report["height"]) == (640, 360)
     assert (report["analysis_width"], report["analysis_height"]) == (320, 180)
     assert report["fps"] == pytest.approx(40, rel=0.1)
@@ -344,8 +361,7 @@ def test_probe_guesses_the_kind_of_source_from_what_the_operator_typed(tmp_path)
 
 
 def test_probe_of_a_dead_camera_ends_on_time():
-    source = RtspSource(f"rtsp://127.0.0.1:{free_port()}/cam", width=160, open_timeout=1, read_timeout=1,
-                        **FAST_RECONNECT)
+    source = rtsp_source(f"rtsp://127.0.0.1:{free_port()}/cam", timeout=1, **FAST_RECONNECT)
     started = time.monotonic()
     report = probe(source, seconds=1.0)
     assert time.monotonic() - started < 2.5

@@ -18,6 +18,8 @@ from framecull.memory import Memory, ModelMismatch
 
 DIM = 32
 SHA = "a" * 64
+CAPACITY = 100_000
+FOREVER = 0.0  # forget_after: never
 
 
 def unit_vectors(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
@@ -42,7 +44,7 @@ def rebuild_warnings(caplog) -> list[str]:
 
 def test_search_finds_nearest_with_cosine_distance(tmp_path):
     vectors = unit_vectors(50)
-    with Memory(tmp_path, SHA, DIM) as memory:
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         assert memory.search(vectors[0]) == []
         ids = fill(memory, vectors)
         query = vectors[17] + 0.05 * unit_vectors(1, seed=9)[0]
@@ -62,7 +64,7 @@ def test_search_finds_nearest_with_cosine_distance(tmp_path):
 
 
 def test_add_records_metadata(tmp_path):
-    with Memory(tmp_path, SHA, DIM) as memory:
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         first = memory.add(unit_vectors(1)[0], 100.5, "frames/a.jpg", 0.05, None)
         # numpy scalars, as a caller computing them would pass, are stored as plain numbers
         second = memory.add(unit_vectors(1, seed=1)[0], np.float64(101.0), "frames/b.jpg", np.float32(0.07),
@@ -76,11 +78,11 @@ def test_add_records_metadata(tmp_path):
 
 def test_reopen_loads_saved_index(tmp_path, caplog):
     vectors = unit_vectors(40)
-    with Memory(tmp_path, SHA, DIM) as memory:
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         fill(memory, vectors)
         before = memory.search(vectors[7], k=5)
     assert (tmp_path / "index.faiss").stat().st_size > 40 * DIM * 2  # float16
-    with caplog.at_level(logging.WARNING), Memory(tmp_path, SHA, DIM) as memory:
+    with caplog.at_level(logging.WARNING), Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         assert len(memory) == len(sqlite_ids(tmp_path)) == 40
         assert memory.search(vectors[7], k=5) == before
     assert rebuild_warnings(caplog) == []
@@ -89,7 +91,7 @@ def test_reopen_loads_saved_index(tmp_path, caplog):
 @pytest.mark.parametrize("damage", ["delete", "garbage", "truncate", "other_dim", "float32_flat"])
 def test_damaged_index_is_rebuilt_from_sqlite(tmp_path, caplog, damage):
     vectors = unit_vectors(30)
-    with Memory(tmp_path, SHA, DIM) as memory:
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         fill(memory, vectors)
         before = [memory.search(v, k=3) for v in vectors[:5]]
     index = tmp_path / "index.faiss"
@@ -100,31 +102,32 @@ def test_damaged_index_is_rebuilt_from_sqlite(tmp_path, caplog, damage):
     elif damage == "truncate":
         index.write_bytes(index.read_bytes()[:500])
     elif damage == "other_dim":  # a valid index of the wrong shape
-        with Memory(tmp_path / "other", SHA, 16) as other:
+        with Memory(tmp_path / "other", SHA, 16, CAPACITY, FOREVER) as other:
             fill(other, unit_vectors(30, dim=16))
         index.write_bytes((tmp_path / "other" / "index.faiss").read_bytes())
     else:  # right ids and vectors, but not the float16 index Memory builds
         flat = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
         flat.add_with_ids(vectors, np.array(sqlite_ids(tmp_path), dtype=np.int64))
         faiss.write_index(flat, str(index))
-    with caplog.at_level(logging.WARNING), Memory(tmp_path, SHA, DIM) as memory:
+    with caplog.at_level(logging.WARNING), Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         assert len(memory) == 30
         assert [memory.search(v, k=3) for v in vectors[:5]] == before
     assert len(rebuild_warnings(caplog)) == 1
     caplog.clear()
-    with caplog.at_level(logging.WARNING), Memory(tmp_path, SHA, DIM):  # the rebuilt index was saved
+    # the rebuilt index was saved
+    with caplog.at_level(logging.WARNING), Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER):
         pass
     assert rebuild_warnings(caplog) == []
 
 
 def test_index_behind_sqlite_after_crash_is_rebuilt(tmp_path, caplog):
     vectors = unit_vectors(15)
-    memory = Memory(tmp_path, SHA, DIM)
+    memory = Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER)
     fill(memory, vectors[:10])
     memory.save()
     ids = fill(memory, vectors[10:], times=range(10, 15))
     del memory  # a crash: committed to SQLite, the index file never saved again
-    with caplog.at_level(logging.WARNING), Memory(tmp_path, SHA, DIM) as memory:
+    with caplog.at_level(logging.WARNING), Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         assert len(memory) == 15
         assert memory.search(vectors[12])[0][0] == ids[2]
     assert "holds 10 vectors where memory.sqlite has 15 rows" in " ".join(rebuild_warnings(caplog))
@@ -132,40 +135,43 @@ def test_index_behind_sqlite_after_crash_is_rebuilt(tmp_path, caplog):
 
 def test_same_count_but_other_vectors_is_rebuilt(tmp_path, caplog):
     """An index file from another memory with the same ids must not be trusted."""
-    with Memory(tmp_path / "a", SHA, DIM) as a, Memory(tmp_path / "b", SHA, DIM) as b:
+    with (Memory(tmp_path / "a", SHA, DIM, CAPACITY, FOREVER) as a,
+          Memory(tmp_path / "b", SHA, DIM, CAPACITY, FOREVER) as b):
         fill(a, unit_vectors(5, seed=1))
         fill(b, unit_vectors(5, seed=2))
     (tmp_path / "a" / "index.faiss").write_bytes((tmp_path / "b" / "index.faiss").read_bytes())
-    with caplog.at_level(logging.WARNING), Memory(tmp_path / "a", SHA, DIM) as a:
+    with caplog.at_level(logging.WARNING), Memory(tmp_path / "a", SHA, DIM, CAPACITY, FOREVER) as a:
         assert a.search(unit_vectors(5, seed=1)[4])[0][1] == pytest.approx(0.0, abs=1e-3)
     assert "differs from memory.sqlite" in " ".join(rebuild_warnings(caplog))
 
 
 def test_other_model_is_refused_unless_rebuilding(tmp_path):
     other = "b" * 64
-    with Memory(tmp_path, SHA, DIM) as memory:
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         old_ids = fill(memory, unit_vectors(4))
     with pytest.raises(ModelMismatch) as refused:
-        Memory(tmp_path, other, DIM)
+        Memory(tmp_path, other, DIM, CAPACITY, FOREVER)
     message = str(refused.value)
     assert SHA in message and other in message and "framecull memory rebuild" in message
     with pytest.raises(ModelMismatch, match="dim 32.*dim 64"):
-        Memory(tmp_path, SHA, 64)
-    with Memory(tmp_path, SHA, DIM) as memory:  # the refusals changed nothing
+        Memory(tmp_path, SHA, 64, CAPACITY, FOREVER)
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:  # the refusals changed nothing
         assert len(memory) == 4
 
-    with Memory(tmp_path, other, DIM, rebuild=True) as memory:
+    with Memory(tmp_path, other, DIM, CAPACITY, FOREVER, rebuild=True) as memory:
+        # the frames' images (frames/<t>.jpg) are not on disk: none can be re-embedded
+        assert memory.reembed(lambda image: unit_vectors(1)[0], 320) == (0, 4)
         assert len(memory) == 0 and sqlite_ids(tmp_path) == []
         new_id = memory.add(unit_vectors(1)[0], 0.0, "x.jpg", 0.05, None)
     assert new_id > max(old_ids)  # ids are never reused
-    with Memory(tmp_path, other, DIM) as memory:  # the new model is now the recorded one
+    with Memory(tmp_path, other, DIM, CAPACITY, FOREVER) as memory:  # the new model is now the recorded one
         assert len(memory) == 1 and memory.stats()["model_sha256"] == other
 
 
 def test_capacity_evicts_oldest_by_time(tmp_path):
     vectors = unit_vectors(8)
     times = [5, 0, 7, 1, 6, 2, 4, 3]  # insertion order is not age order
-    with Memory(tmp_path, SHA, DIM, capacity=5) as memory:
+    with Memory(tmp_path, SHA, DIM, capacity=5, forget_after=FOREVER) as memory:
         ids = fill(memory, vectors, times)
         assert memory.evict(now=10.0) == 3
         assert memory.evict(now=10.0) == 0
@@ -177,13 +183,13 @@ def test_capacity_evicts_oldest_by_time(tmp_path):
             assert (memory.search(v)[0][0] == i) == (i in kept)
         with pytest.raises(KeyError):
             memory.get_vectors(gone[:1])
-    with Memory(tmp_path, SHA, DIM, capacity=5) as memory:
+    with Memory(tmp_path, SHA, DIM, capacity=5, forget_after=FOREVER) as memory:
         assert len(memory) == 5
 
 
 def test_forget_after_lets_a_scene_be_kept_again(tmp_path):
     scene, other = unit_vectors(2)
-    with Memory(tmp_path, SHA, DIM, forget_after=3600.0) as memory:
+    with Memory(tmp_path, SHA, DIM, capacity=CAPACITY, forget_after=3600.0) as memory:
         old = memory.add(scene, 1000.0, "old.jpg", 0.05, None)
         recent = memory.add(other, 4000.0, "recent.jpg", 0.05, None)
         assert memory.search(scene)[0] == (old, pytest.approx(0.0, abs=1e-3))
@@ -196,7 +202,7 @@ def test_forget_after_lets_a_scene_be_kept_again(tmp_path):
 
 def test_stats_and_export(tmp_path):
     vectors = unit_vectors(3)
-    with Memory(tmp_path, SHA, DIM) as memory:
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
         ids = fill(memory, vectors, times=[10.0, 20.0, 30.0])
         memory.add(vectors[0], 40.0, "frames/x.jpg", 0.06, (ids[0], 0.01))
         memory.save()
@@ -217,7 +223,7 @@ WRITER = textwrap.dedent("""
     import numpy as np
     from framecull.memory import Memory
     root, dim = sys.argv[1], int(sys.argv[2])
-    memory = Memory(root, "c" * 64, dim)
+    memory = Memory(root, "c" * 64, dim, 100_000, 0.0)
     rng = np.random.default_rng(0)
     for n in range(100_000):
         row = memory.add(rng.normal(size=dim), float(n), f"frames/{n}.jpg", 0.05, None)
@@ -247,7 +253,7 @@ def test_kill_9_while_adding_leaves_a_consistent_memory(tmp_path):
 
     rng = np.random.default_rng(0)
     expected = rng.normal(size=(max(reported.values()) + 1, dim)).astype(np.float32)
-    with Memory(tmp_path, "c" * 64, dim) as memory:
+    with Memory(tmp_path, "c" * 64, dim, CAPACITY, FOREVER) as memory:
         rows = sqlite_ids(tmp_path)
         assert len(memory) == len(rows) >= len(reported)
         assert set(reported) <= set(rows)
@@ -265,7 +271,7 @@ def test_pooled_grid_index_finds_the_nearest_and_survives_a_rebuild(tmp_path, ca
     scenes = unit_vectors(30, seed=1, dim=dim)
     stored = np.repeat(scenes, 10, axis=0) + 0.002 * rng.normal(size=(300, dim)).astype(np.float32)
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
-    memory = Memory(tmp_path, "sha-grid", dim, grid=grid)
+    memory = Memory(tmp_path, "sha-grid", dim, CAPACITY, FOREVER, grid=grid)
     assert memory.index_dim == dim // 4
     ids = fill(memory, stored)
     exact_vectors = stored.astype(np.float16).astype(np.float32)
@@ -282,6 +288,6 @@ def test_pooled_grid_index_finds_the_nearest_and_survives_a_rebuild(tmp_path, ca
     assert np.array_equal(memory.get_vectors([ids[5]])[0], exact_vectors[5])
     memory.close()
     (tmp_path / "index.faiss").unlink()
-    with caplog.at_level(logging.WARNING), Memory(tmp_path, "sha-grid", dim, grid=grid) as again:
+    with caplog.at_level(logging.WARNING), Memory(tmp_path, "sha-grid", dim, CAPACITY, FOREVER, grid=grid) as again:
         assert len(again) == 300 and again.search(stored[42], k=1)[0][0] == ids[42]
     assert "rebuilding" in caplog.text

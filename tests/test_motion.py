@@ -10,17 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
-from framecull.config import ChangeConfig, Mask
+from framecull.config import Config, ConfigError, Mask, config_from_dict
 from framecull.frame import Frame
-from framecull.gates.change import ChangeGate
-from framecull.gates.motion import MotionVectorGate
+from framecull.gates.motion import MotionVectorGate as MotionVectorGateClass
 from framecull.motion_vectors import (
     MOTION_VECTOR_DTYPE,
     legacy_frame_bytes,
     parse_legacy,
     read_legacy,
 )
-from framecull.pipeline import Pipeline
+from framecull.runner import Runner
 from framecull.sources.video import VideoFileSource, make_frame
 from scenes import encode_video, textured_background, to_bgr
 
@@ -50,8 +49,14 @@ def render(positions, seed=0, noise=2.0):
 
 
 def decode(path, width=160):
-    with VideoFileSource(path, width) as source:
+    with VideoFileSource(path, width, motion_vectors=True) as source:
         return list(source.frames())
+
+
+def MotionVectorGate(regions: dict | None = None, **settings) -> MotionVectorGateClass:  # noqa: N802
+    """The gate from its config sections: [gates.motion_vectors] keys and [regions]."""
+    config = Config.model_validate({"gates": {"motion_vectors": settings}, "regions": regions or {}})
+    return MotionVectorGateClass(config.gates.motion_vectors, config.regions)
 
 
 def judge_all(gate, frames):
@@ -165,13 +170,13 @@ def test_a_decoder_asked_for_no_vectors_gives_unknown(stop_go_stop):
 
 
 def test_which_sources_have_vectors(stop_go_stop, tmp_path):
-    with VideoFileSource(stop_go_stop, 160) as h264:
+    with VideoFileSource(stop_go_stop, 160, motion_vectors=True) as h264:
         assert h264.has_motion_vectors
     with VideoFileSource(stop_go_stop, 160, motion_vectors=False) as without:
         assert not without.has_motion_vectors and all(f.motion_vectors is None for f in without.frames())
     mjpeg = tmp_path / "clip.avi"
     encode_video(mjpeg, render([(60 + 3 * i, 100) for i in range(5)]), codec="mjpeg", pix_fmt="yuvj420p")
-    with VideoFileSource(mjpeg, 160) as source:
+    with VideoFileSource(mjpeg, 160, motion_vectors=True) as source:
         assert not source.has_motion_vectors and [f.motion_vectors for f in source.frames()] == [None] * 5
 
 
@@ -186,10 +191,10 @@ def test_masked_motion_never_passes(stop_go_stop):
     frames = decode(stop_go_stop)
     # The patch travels x 60..153, y 100..147 (fractions 0.19..0.48 by 0.42..0.62).
     mask = Mask(name="flag", polygon=[(0.15, 0.35), (0.55, 0.35), (0.55, 0.7), (0.15, 0.7)])
-    masked = judge_all(MotionVectorGate(hold_frames=0, regions=ChangeConfig(masks=[mask])), frames)
+    masked = judge_all(MotionVectorGate({"masks": [mask]}, hold_frames=0), frames)
     assert [i for i, v in enumerate(masked) if v.passed] == [0, 30]
     # A border crop that leaves out the patch's rows does the same.
-    cropped = judge_all(MotionVectorGate(hold_frames=0, regions=ChangeConfig(border=(0.0, 0.0, 0.6, 0.0))), frames)
+    cropped = judge_all(MotionVectorGate({"border": (0.0, 0.0, 0.6, 0.0)}, hold_frames=0), frames)
     assert [i for i, v in enumerate(cropped) if v.passed] == [0, 30]
 
 
@@ -255,12 +260,9 @@ def test_a_source_without_vectors_passes_everything_and_says_so_once(caplog):
 
 
 def test_bad_settings_and_bad_arrays_are_clear_errors():
-    with pytest.raises(ValueError, match="min_area"):
-        MotionVectorGate(min_area=2.0)
-    with pytest.raises(ValueError, match="min_cluster"):
-        MotionVectorGate(min_cluster=1)
-    with pytest.raises(ValueError, match="hold_frames"):
-        MotionVectorGate(hold_frames=-1)
+    for key, value in (("min_area", 2.0), ("min_cluster", 1), ("hold_frames", -1)):
+        with pytest.raises(ConfigError, match=f"gates.motion_vectors.{key}"):
+            config_from_dict({"gates": {"motion_vectors": {key: value}}})
     with pytest.raises(TypeError, match="MOTION_VECTOR_DTYPE"):
         MotionVectorGate().judge(frame_with(np.zeros(3, [("x", "i2"), ("y", "i2")])))
 
@@ -299,7 +301,7 @@ def test_a_video_with_a_legacy_vector_file_replays_those_vectors(tmp_path, caplo
     # Frame i: a 2x2 cluster moving (-i, 0) at row 3, column i; the file holds 10 frames of 12.
     records = [legacy_bytes(WIDTH, HEIGHT, {(r, i + c): (-i, 0) for r in (3, 4) for c in (0, 1)}) for i in range(10)]
     (tmp_path / "clip.mv").write_bytes(b"".join(records))
-    source = VideoFileSource(video, 160)
+    source = VideoFileSource(video, 160, motion_vectors=True)
     assert source.has_motion_vectors
     with caplog.at_level(logging.WARNING):
         frames = list(source.frames())
@@ -313,13 +315,15 @@ def test_a_video_with_a_legacy_vector_file_replays_those_vectors(tmp_path, caplo
     assert [v.passed for v in verdicts] == [True, False] + [True] * 10  # frame 1 moves 1 px: not above min_magnitude
 
 
-def test_dropped_frames_never_build_their_gray_plane(stop_go_stop):
-    source = VideoFileSource(stop_go_stop, 160)
-    pipeline = Pipeline([MotionVectorGate(hold_frames=0), ChangeGate(ChangeConfig(width=160))])
+def test_dropped_frames_never_build_their_gray_plane(stop_go_stop, tmp_path):
+    source = VideoFileSource(stop_go_stop, 160, motion_vectors=True)
+    config = Config.model_validate({"source": {"analysis_width": 160}, "pacing": {"min_interval": 0},
+                                    "gates": {"motion_vectors": {"hold_frames": 0}, "novelty": {"enabled": False}}})
     seen = []
-    for frame in source.frames():
-        decisions = pipeline.push(frame)
-        seen.append((frame, decisions[0]))
+    with Runner(config, tmp_path, write=False) as runner:
+        for frame in source.frames():
+            decisions = runner.push(frame)
+            seen.append((frame, decisions[0]))
     source.close()
     stages = {frame.index: decision.stage for frame, decision in seen}
     assert {i for i, stage in stages.items() if stage == "motion_vectors"} == set(range(40)) - MOVING - {0, 30}
@@ -367,10 +371,10 @@ def test_probe_command_reports_a_video_file(tmp_path):
 def test_masks_follow_the_picture_not_the_padded_block_grid():
     # 320x180 (picamera2's default lores size): 12 block rows cover 192 pixel rows. The top half
     # of the picture is masked: rows 0-90 (plus the blur margin), not 0-96 of the padded grid.
-    cfg = ChangeConfig(masks=[Mask(name="top", polygon=[(0, 0), (1, 0), (1, 0.5), (0, 0.5)])])
+    regions = {"masks": [Mask(name="top", polygon=[(0, 0), (1, 0), (1, 0.5), (0, 0.5)])]}
 
     def judge(block_row):
-        gate = MotionVectorGate(regions=cfg, hold_frames=0)
+        gate = MotionVectorGate(regions, hold_frames=0)
         cols, rows = 20, 12
         xs, ys = np.meshgrid(np.arange(cols) * 16, np.arange(rows) * 16)
         vectors = np.zeros(cols * rows, MOTION_VECTOR_DTYPE)

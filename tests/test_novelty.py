@@ -15,10 +15,10 @@ import pytest
 
 from framecull.config import Config
 from framecull.frame import Frame
-from framecull.memory import Memory
-from framecull.pipeline import build_pipeline
+from framecull.runner import Collect, Runner
 from framecull.sources.synthetic import parking_lot
-from framecull.store import Store
+
+pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
 
 SCENE = parking_lot(seed=0)  # quiet 0-79, a car arrives 80-108 and parks in bay 3
 
@@ -34,16 +34,15 @@ def frames_from(indices, gains=None, fps=5.0, width=320):
     return out
 
 
-def config(**novelty) -> Config:
-    return Config.model_validate({"camera": "test", "gates": {"novelty": novelty}})
+def config(pacing: dict | None = None, **novelty) -> Config:
+    return Config.model_validate({"camera": "test", "gates": {"novelty": novelty}, "pacing": pacing or {}})
 
 
 def run(cfg: Config, frames, root: Path, store=True):
-    pipeline = build_pipeline(cfg, Store(root, cfg.camera) if store else None, memory_root=root)
-    try:
-        return list(pipeline.run(frames))
-    finally:
-        pipeline.close()
+    decisions = Collect()
+    with Runner(cfg, root, write=store, sinks=[decisions]) as runner:
+        runner.run(frames)
+    return decisions.decisions
 
 
 def test_a_scene_state_seen_before_is_not_kept_again(tmp_path):
@@ -75,19 +74,18 @@ def test_noise_in_a_single_cell_does_not_make_a_frame_novel(tmp_path):
         patch = f.image[150:180, 240:280].astype(np.int16) + rng.normal(0, 80, (30, 40, 3)).astype(np.int16)
         f.image[150:180, 240:280] = np.clip(patch, 0, 255).astype(np.uint8)
     # The change gate blurs such a patch away; judge the frames with the novelty gate itself.
-    pipeline = build_pipeline(config(), None, memory_root=tmp_path)
-    novelty = pipeline.gates[-1]
-    assert novelty.judge(frames[0]).passed
-    novelty.on_kept(frames[0], None)
-    verdicts = [novelty.judge(f) for f in frames[1:]]
-    pipeline.close()
+    with Runner(config(), tmp_path, write=False) as runner:
+        novelty = runner.pipeline.gates[-1]
+        assert novelty.judge(frames[0]).passed
+        novelty.on_kept(frames[0], None)
+        verdicts = [novelty.judge(f) for f in frames[1:]]
     assert not any(v.passed for v in verdicts), [v.scores for v in verdicts]
     # measured: the noisy cell moves by about 0.05 and its region score (3 cells) to about 0.016
     assert max(v.scores["region"] for v in verdicts) > 0.005, "the patch did not reach the embedding"
 
 
 def test_a_passing_car_yields_a_few_frames_the_most_novel_of_each_second(tmp_path):
-    decisions = run(config(min_interval=1.0), frames_from(range(70, 115)), tmp_path)  # arrival 80-108
+    decisions = run(config({"min_interval": 1.0}), frames_from(range(70, 115)), tmp_path)  # arrival 80-108
     kept = [d for d in decisions if d.kept]
     event = [d for d in kept if 80 <= d.index + 70 <= 110]
     assert 2 <= len(event) <= 7, [d.index + 70 for d in kept]
@@ -110,8 +108,8 @@ def test_a_new_lighting_state_is_kept_once(tmp_path):
 
 
 def test_budget_caps_kept_frames_per_hour(tmp_path):
-    cfg = config(min_interval=0)
-    cfg.store.max_per_hour = 3
+    cfg = config({"min_interval": 0})
+    cfg.budget.max_per_hour = 3
     decisions = run(cfg, frames_from(range(75, 115)), tmp_path)
     assert sum(d.kept for d in decisions) == 3
     assert any(d.stage == "budget" for d in decisions)
@@ -124,13 +122,13 @@ def test_heartbeat_keeps_quiet_lighting_states(tmp_path):
     gains = list(np.linspace(1.0, 0.7, n))
     cfg = config()
     cfg.gates.change.reference = "previous"
-    cfg.store.heartbeat = 30.0
+    cfg.pacing.heartbeat = 30.0
     decisions = run(cfg, frames_from([i % 70 for i in range(n)], gains=gains, fps=1.0), tmp_path)
     attempts = [d for d in decisions[1:] if "novelty" in d.scores]
     assert 6 <= len(attempts) <= 9, "one attempt per heartbeat period"
     beats = [d for d in decisions if d.kept and d.stage == "heartbeat"]
     assert len(beats) >= 1 and all(d.scores["novelty"]["light"] > 0.2 for d in beats)
-    cfg.store.heartbeat = 0
+    cfg.pacing.heartbeat = 0
     quiet = run(cfg, frames_from([i % 70 for i in range(n)], gains=gains, fps=1.0), tmp_path / "off")
     assert sum(d.kept for d in quiet) == 1
 
@@ -172,10 +170,11 @@ def clip(testdata):
 
 def test_replay_with_squeezenet_and_a_refused_model_swap(testdata, clip, tmp_path):
     out = tmp_path / "out"
-    first = cli("replay", str(clip), "--out", str(out), "--decisions", str(tmp_path / "d.jsonl"))
+    first = cli("replay", str(clip), "--out", str(out))
     assert first.returncode == 0, first.stderr
     # The same memory with another model: refused, naming the way out.
-    swap = cli("replay", str(clip), "--config", str(squeezenet_config(testdata, tmp_path)), "--out", str(out))
+    swap = cli("replay", str(clip), "--config", str(squeezenet_config(testdata, tmp_path)), "--out", str(out),
+               "--continue")
     assert swap.returncode == 78
     assert "framecull memory rebuild" in swap.stderr and "gates.novelty.model" in swap.stderr
     rebuilt = cli("memory", "rebuild", "--config", str(squeezenet_config(testdata, tmp_path)), "--root", str(out))
@@ -183,9 +182,9 @@ def test_replay_with_squeezenet_and_a_refused_model_swap(testdata, clip, tmp_pat
     images = len(list((out / "frames").rglob("*.jpg")))
     assert f"{images} frames for model" in rebuilt.stdout
     # A replay with SqueezeNet as the embedder works into a fresh root.
-    log = tmp_path / "sq.jsonl"
+    log = tmp_path / "sq" / "decisions.jsonl"
     fresh = cli("replay", str(clip), "--config", str(squeezenet_config(testdata, tmp_path)), "--out",
-                str(tmp_path / "sq"), "--decisions", str(log))
+                str(tmp_path / "sq"))
     assert fresh.returncode == 0, fresh.stderr
     decisions = [json.loads(line) for line in log.read_text().splitlines()]
     judged = [d for d in decisions if "novelty" in d["scores"]]
@@ -197,8 +196,8 @@ def test_kill_9_during_replays_loses_no_kept_frame(tmp_path):
     out = tmp_path / "out"
     rng = np.random.default_rng(0)
     for attempt in range(4):
-        proc = subprocess.Popen([sys.executable, "-m", "framecull", "demo", "--out", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([sys.executable, "-m", "framecull", "replay", "synthetic:parking_lot", "--out", str(out),
+                                 "--continue"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(float(rng.uniform(1.5, 3.5)))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -211,9 +210,9 @@ def test_kill_9_during_replays_loses_no_kept_frame(tmp_path):
         on_disk = {str(p.relative_to(out)) for p in images}
         assert remembered <= on_disk, "memory points at an image that was never written"
         assert len(on_disk - remembered) <= 1, "more than the frame being committed is missing from memory"
-    from framecull.gates.novelty import load_embedder
+    from framecull.gates.novelty import load_embedder, open_memory
     embedder = load_embedder(Config().gates.novelty)
-    with Memory(out, embedder.sha256, embedder.dim, grid=embedder.grid) as memory:
+    with open_memory(Config().gates.novelty, embedder, out) as memory:
         with sqlite3.connect(out / "memory.sqlite") as db:
             rows = db.execute("SELECT COUNT(*) FROM kept").fetchone()[0]
         assert len(memory) == rows > 0

@@ -1,6 +1,7 @@
 """The whole pipeline through the CLI: real files in, decisions and kept frames out."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from framecull.config import Config
-from framecull.frame import Frame
-from framecull.gates.change import ChangeGate
-from framecull.pipeline import Pipeline
 from scenes import encode_video, textured_background, to_bgr, with_car
+
+pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -38,8 +37,9 @@ def car_clip(tmp_path: Path) -> tuple[Path, list[range]]:
 
 def test_replay_writes_one_decision_per_frame_and_the_kept_frames(tmp_path):
     clip, events = car_clip(tmp_path)
-    out, log = tmp_path / "out", tmp_path / "decisions.jsonl"
-    result = run_cli("replay", str(clip), "--out", str(out), "--decisions", str(log))
+    out = tmp_path / "out"
+    log = out / "decisions.jsonl"
+    result = run_cli("replay", str(clip), "--out", str(out))
     assert result.returncode == 0, result.stderr
     decisions = read_decisions(log)
     assert [d["index"] for d in decisions] == list(range(100))
@@ -71,8 +71,8 @@ def test_replay_of_a_folder_with_a_corrupt_image_finishes(tmp_path):
     for i in range(6):
         cv2.imwrite(str(folder / f"{i:03d}.jpg"), to_bgr(with_car(scene, x=10 * i, y=40, w=30, h=15), rng))
     (folder / "003.jpg").write_bytes(b"\xff\xd8 truncated")
-    log = tmp_path / "d.jsonl"
-    result = run_cli("replay", str(folder), "--out", str(tmp_path / "out"), "--decisions", str(log))
+    log = tmp_path / "out" / "decisions.jsonl"
+    result = run_cli("replay", str(folder), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "003.jpg" in result.stderr and "WARNING" in result.stderr
     assert [d["index"] for d in read_decisions(log)] == [0, 1, 2, 4, 5]
@@ -82,17 +82,6 @@ def test_replay_of_a_missing_source_is_a_clear_error(tmp_path):
     result = run_cli("replay", str(tmp_path / "nothing.mp4"), "--out", str(tmp_path / "out"))
     assert result.returncode == 66
     assert "nothing.mp4" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_a_frame_the_store_cannot_write_is_not_kept():
-    class FullDisk:
-        def save(self, frame, decision):
-            return None
-
-    scene = textured_background(height=120, width=160)
-    f = Frame.from_bgr(0, 0.0, to_bgr(scene, np.random.default_rng(0)), 160)
-    [decision] = Pipeline([ChangeGate(Config().gates.change)], FullDisk()).run([f])
-    assert decision.kept is False and decision.stage == "store" and decision.path is None
 
 
 # Rough visits (frame ranges) from shared/testdata/SOURCES.md.
@@ -106,8 +95,8 @@ CLIPS = {
 
 @pytest.mark.parametrize("clip", sorted(CLIPS))
 def test_real_clips_keep_every_visit_and_fewer_frames_than_the_input(testdata, tmp_path, clip):
-    log = tmp_path / "d.jsonl"
-    result = run_cli("replay", str(testdata / "videos" / clip), "--out", str(tmp_path / "out"), "--decisions", str(log))
+    log = tmp_path / "out" / "decisions.jsonl"
+    result = run_cli("replay", str(testdata / "videos" / clip), "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     decisions = read_decisions(log)
     kept = {d["index"] for d in decisions if d["kept"]}
@@ -118,17 +107,17 @@ def test_real_clips_keep_every_visit_and_fewer_frames_than_the_input(testdata, t
 
 
 def test_busy_highway_clip_ends_cleanly_at_its_truncation(testdata, tmp_path):
-    log = tmp_path / "d.jsonl"
-    result = run_cli("replay", str(testdata / "videos" / "bgslibrary_video02.avi"), "--out", str(tmp_path / "o"),
-                     "--decisions", str(log))
+    log = tmp_path / "o" / "decisions.jsonl"
+    result = run_cli("replay", str(testdata / "videos" / "bgslibrary_video02.avi"), "--out", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr
     assert len(read_decisions(log)) == 748
 
 
 def test_replay_report_and_report_command_write_one_thumbnail_per_kept_frame(tmp_path):
     clip, _ = car_clip(tmp_path)
-    out, log, page = tmp_path / "out", tmp_path / "d.jsonl", tmp_path / "run.html"
-    result = run_cli("replay", str(clip), "--out", str(out), "--decisions", str(log), "--report", str(page))
+    out, page = tmp_path / "out", tmp_path / "run.html"
+    log = out / "decisions.jsonl"
+    result = run_cli("replay", str(clip), "--out", str(out), "--report", str(page))
     assert result.returncode == 0, result.stderr
     kept = sum(d["kept"] for d in read_decisions(log))
     assert kept >= 2 and page.read_text().count('class="thumb"') == kept
@@ -136,3 +125,59 @@ def test_replay_report_and_report_command_write_one_thumbnail_per_kept_frame(tmp
     result = run_cli("report", str(log), "--frames", str(out / "frames"), "--out", str(again))
     assert result.returncode == 0, result.stderr
     assert again.read_text().count('class="thumb"') == kept
+
+
+def test_run_and_replay_count_a_full_disk_the_same_way(tmp_path, tiny_disk):
+    """Both entry points go through the runner: a disk that fills up ends neither, both count it."""
+    ballast = tiny_disk / "ballast"
+    ballast.write_bytes(b"\0" * 1024 * 1024)  # the frames fill the rest
+    results = {}
+    for command in ("run", "replay"):
+        root = tiny_disk / command
+        toml = tmp_path / f"{command}.toml"
+        # Thresholds that keep nearly every frame, so that the disk fills up soon.
+        toml.write_text(f'camera = "lot"\n[source]\nkind = "synthetic"\n[store]\nroot = "{root}"\n'
+                        "[lighting]\nmin_change = 0\n[pacing]\nmin_interval = 0\n"
+                        "[gates.change]\nmin_changed = 0.0001\n"
+                        "[gates.novelty]\nmin_distance = 0.0\nmin_region_distance = 0.0\n")
+        if command == "run":  # the service, on the (finite) synthetic scene
+            results[command] = run_cli("run", "--config", str(toml))
+        else:
+            results[command] = run_cli("replay", "synthetic:parking_lot", "--config", str(toml), "--out", str(root))
+        shutil.rmtree(root)  # room for the next one
+    for result in results.values():
+        assert result.returncode == 0, result.stderr
+        assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
+    assert "lost to storage: not written:" in results["replay"].stdout
+    assert "lost to storage" in results["run"].stderr.splitlines()[-1]  # "stopped: ... N lost to storage"
+
+
+def test_replaying_twice_keeps_the_same_frames_and_never_mixes_memories(tmp_path):
+    clip, _ = car_clip(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def replay(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "framecull", "replay", str(clip), *args], cwd=work,
+                              capture_output=True, text=True, timeout=300)
+
+    runs = [replay(), replay()]  # as a new user does: replay, change nothing (or a threshold), replay again
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    folders = sorted((work / "replay-out").iterdir())
+    assert len(folders) == 2, "each replay gets a folder of its own"
+    kept = [[(d["index"], d["kept"]) for d in read_decisions(f / "decisions.jsonl")] for f in folders]
+    assert kept[0] == kept[1] and any(k for _, k in kept[0])
+    # An explicit --out that holds a memory is refused, naming the ways out; nothing in it is touched.
+    before = sorted(p.stat().st_mtime_ns for p in folders[0].rglob("*"))
+    refused = replay("--out", str(folders[0]))
+    assert refused.returncode == 64 and "--continue" in refused.stderr and "Traceback" not in refused.stderr
+    assert sorted(p.stat().st_mtime_ns for p in folders[0].rglob("*")) == before
+    # --continue builds on that memory on purpose: the same clip again adds little (only frames that
+    # pacing dropped in favour of a neighbour and that differ enough from it).
+    again = replay("--out", str(folders[0]), "--continue")
+    assert again.returncode == 0, again.stderr
+    both = read_decisions(folders[0] / "decisions.jsonl")
+    assert len(both) == 2 * 100  # appended
+    first, second = sum(d["kept"] for d in both[:100]), sum(d["kept"] for d in both[100:])
+    assert second < first, (first, second)
+    assert not both[100]["kept"] and both[100]["stage"] == "novelty", "the scene it starts with is remembered"

@@ -18,6 +18,8 @@ import pytest
 
 from framecull import report
 
+pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
+
 CHROMIUM_APT = "apt-get install -y --no-install-recommends chromium"
 THUMB = re.compile(r'<img[^>]*class="thumb"')
 
@@ -29,6 +31,7 @@ def demo(tmp_path_factory) -> tuple[Path, list[dict]]:
     result = subprocess.run([sys.executable, "-m", "framecull", "demo", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    [out] = list(out.iterdir())  # the demo makes a folder of its own for the run
     return out, report.load_decisions(out / "decisions.jsonl")
 
 

@@ -25,11 +25,14 @@ import faiss
 import pytest
 
 import rtsp_server
+from conftest import fill
 from framecull.config import EX_CONFIG, load_config
-from framecull.gates.novelty import load_embedder
-from framecull.memory import Memory
+from framecull.gates.novelty import load_embedder, open_memory
+from framecull.sources import Source
 from framecull.sources.synthetic import parking_lot
 from net import free_port
+
+pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
 
 FAST = {"FRAMECULL_STATUS_INTERVAL": "0.3", "FRAMECULL_SAVE_INTERVAL": "2", "FRAMECULL_STALL_AFTER": "3"}
 
@@ -261,8 +264,8 @@ def test_kill_9_at_random_moments_loses_no_kept_frame_and_corrupts_nothing(tmp_p
     root = tmp_path / "root"
     # Keep every changed frame at once (no pacing): a commit is going on most of the time.
     config = write_config(tmp_path / "k.toml", root, f'kind = "folder"\nuri = "{folder}"',
-                          "[gates.change]\nlight_change = 0.0\n"
-                          "[gates.novelty]\nmin_distance = 0.0\nmin_region_distance = 0.0\nmin_interval = 0\n")
+                          "[lighting]\nmin_change = 0.0\n[pacing]\nmin_interval = 0\n"
+                          "[gates.novelty]\nmin_distance = 0.0\nmin_region_distance = 0.0\n")
     rng = random.Random(7)
     kills = 0
     while kills < 20:
@@ -286,7 +289,7 @@ def test_kill_9_at_random_moments_loses_no_kept_frame_and_corrupts_nothing(tmp_p
     assert len(images - remembered) <= kills  # at most the frame being committed at each kill
     cfg = load_config(config)
     embedder = load_embedder(cfg.gates.novelty)
-    with Memory(root, embedder.sha256, embedder.dim, grid=embedder.grid) as memory:
+    with open_memory(cfg.gates.novelty, embedder, root) as memory:
         assert len(memory) == len(rows)  # the index agrees with SQLite after reopening
     # and the daemon still runs to the end on what the kills left
     last = Daemon(config, tmp_path / "log")
@@ -295,25 +298,12 @@ def test_kill_9_at_random_moments_loses_no_kept_frame_and_corrupts_nothing(tmp_p
     assert index_total(root) == len(sqlite_rows(root))
 
 
-@pytest.fixture
-def tiny_disk():
-    where = Path(tempfile.mkdtemp(prefix="fc-tmpfs-", dir="/tmp"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        where.rmdir()
-        pytest.skip(f"cannot mount a tmpfs for the disk-full test: {mounted.stderr.strip()}")
-    yield where
-    subprocess.run(["umount", "-l", str(where)])
-    shutil.rmtree(where, ignore_errors=True)
-
-
 def test_a_full_disk_loses_frames_but_not_the_memory_and_writing_resumes(tmp_path, server, notify_socket, tiny_disk):
     server.start()
     root = tiny_disk / "root"
     config = write_config(tmp_path / "cam1.toml", root, rtsp_source(server),
-                          "[gates.change]\nlight_change = 0.0\nmin_changed = 0.0001\n"
-                          "[gates.novelty]\nmin_distance = 0.0\nmin_region_distance = 0.0\nmin_interval = 0\n")
+                          "[lighting]\nmin_change = 0.0\n[pacing]\nmin_interval = 0\n[gates.change]\nmin_changed = 0.0001\n"
+                          "[gates.novelty]\nmin_distance = 0.0\nmin_region_distance = 0.0\n")
     ballast = tiny_disk / "ballast"
     ballast.write_bytes(b"\0" * 1200 * 1024)  # the daemon fills the rest of the 2 MB by itself
     daemon = Daemon(config, tmp_path / "log", notify_socket)
@@ -343,7 +333,7 @@ def test_a_full_disk_loses_frames_but_not_the_memory_and_writing_resumes(tmp_pat
     assert index_total(root) == len(rows)
 
 
-class HangingSource:
+class HangingSource(Source):
     """Delivers a few frames, then hangs as a stuck decoder does (until closed)."""
 
     kind = "hanging"
@@ -366,7 +356,7 @@ class HangingSource:
 
 
 def test_a_hung_source_stops_the_watchdog_pings_so_systemd_restarts_it(tmp_path, notify_socket, monkeypatch):
-    import framecull.service as service
+    import framecull.service.loop as service
 
     monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.path)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s while healthy
@@ -417,34 +407,23 @@ def test_prometheus_metrics_when_configured(tmp_path, server, notify_socket):
 def test_a_memory_commit_that_fails_on_a_full_disk_is_counted_and_the_memory_stays_consistent(tmp_path, tiny_disk):
     import numpy as np
 
-    import framecull.service as service
     from framecull.frame import Frame
+    from framecull.runner import Runner
 
     root = tiny_disk / "root"
-    config = write_config(tmp_path / "cam1.toml", root, 'kind = "synthetic"')
-    daemon = service.Service(config)
-    daemon.config = load_config(config)
-    daemon.store, daemon.pipeline = daemon._build(daemon.config)
-    novelty = daemon.pipeline.gates[-1]
+    config = load_config(write_config(tmp_path / "cam1.toml", root, 'kind = "synthetic"',
+                                      "[pacing]\nmin_interval = 0\n[gates.novelty]\nmin_distance = 0.0\n"))
     rng = np.random.default_rng(0)
-
-    def keep(i: int) -> None:  # what the pipeline does once a kept frame is stored
-        image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
-        novelty.on_kept(Frame.from_bgr(i, 1000.0 + i, image, 160), str(root / f"frames/{i}.jpg"))
-
-    keep(0)
-    with open(tiny_disk / "ballast", "wb", buffering=0) as f:  # fill the disk
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-        except OSError:
-            pass
-    for i in range(1, 40):
-        keep(i)  # does not raise
-    assert daemon.unremembered > 0
-    (tiny_disk / "ballast").unlink()
-    keep(40)  # remembering resumes
-    daemon.pipeline.close()
+    frames = [Frame.from_bgr(i, 1000.0 + i, rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), 160)
+              for i in range(41)]
+    with Runner(config, write=False) as runner:  # memory only: what fails here is SQLite
+        runner.push(frames[0])
+        ballast = fill(tiny_disk)
+        for frame in frames[1:40]:
+            runner.push(frame)  # does not raise
+        assert runner.not_remembered > 0 and runner.kept == 40
+        ballast.unlink()
+        runner.push(frames[40])  # remembering resumes
     rows = sqlite_rows(root)  # integrity_check ok
-    assert len(rows) == 41 - daemon.unremembered and rows[-1][1] == "frames/40.jpg"
+    assert len(rows) == 41 - runner.not_remembered
     assert index_total(root) == len(rows)

@@ -7,6 +7,7 @@ import pytest
 from framecull.config import Config
 from framecull.sources import SourceError, open_source, throttle
 from framecull.sources.folder import FolderSource
+from framecull.sources.rtsp import RtspSource
 from framecull.sources.video import VideoFileSource
 from framecull.frame import Frame
 from scenes import encode_video, textured_background, to_bgr, with_car
@@ -19,7 +20,8 @@ def test_folder_source_reads_in_natural_order_and_skips_corrupt_images(tmp_path,
         cv2.imwrite(str(tmp_path / f"frame{i}.png"), to_bgr(scene, rng))
     (tmp_path / "frame3.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (tmp_path / "notes.txt").write_text("not an image")
-    source = FolderSource(tmp_path, width=160)
+    source = FolderSource(tmp_path, width=160, fps=0)
+    assert not source.live and source.counters is None and source.stats() == {}
     with caplog.at_level(logging.WARNING):
         frames = list(source.frames())
     assert [f.index for f in frames] == [0, 1, 3]  # frame1, frame2, (frame3 skipped), frame10
@@ -31,9 +33,9 @@ def test_folder_source_reads_in_natural_order_and_skips_corrupt_images(tmp_path,
 
 def test_folder_without_images_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="no images"):
-        FolderSource(tmp_path, width=160)
+        FolderSource(tmp_path, width=160, fps=0)
     with pytest.raises(SourceError, match="not a directory"):
-        FolderSource(tmp_path / "missing", width=160)
+        FolderSource(tmp_path / "missing", width=160, fps=0)
 
 
 def test_video_source_decodes_real_h264(tmp_path):
@@ -41,7 +43,7 @@ def test_video_source_decodes_real_h264(tmp_path):
     scene = textured_background(height=240, width=320)
     images = [to_bgr(scene, rng) for _ in range(10)] + [to_bgr(with_car(scene, x=100, y=100), rng) for _ in range(5)]
     path = encode_video(tmp_path / "clip.mp4", images, fps=10)
-    source = VideoFileSource(path, width=160)
+    source = VideoFileSource(path, width=160, motion_vectors=True)
     frames = list(source.frames())
     assert [f.index for f in frames] == list(range(15))
     assert frames[0].gray.shape == (120, 160)
@@ -70,31 +72,37 @@ def test_truncated_video_ends_cleanly(tmp_path):
                 dst.mux(packet)
     whole = raw.read_bytes()
     cut.write_bytes(whole[: len(whole) * 2 // 3])
-    frames = list(VideoFileSource(cut, width=160).frames())
+    frames = list(VideoFileSource(cut, width=160, motion_vectors=True).frames())
     assert 5 <= len(frames) < 30
     assert data  # the encoded clip existed
 
 
 def test_truncated_real_clip_ends_cleanly(testdata):
-    source = VideoFileSource(testdata / "videos" / "bgslibrary_video02.avi", width=160)
+    source = VideoFileSource(testdata / "videos" / "bgslibrary_video02.avi", width=160, motion_vectors=True)
     frames = sum(1 for _ in source.frames())
     assert frames == 748 and source.frame_count == 750
 
 
 def test_missing_or_bad_video_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
-        VideoFileSource(tmp_path / "nope.mp4", width=160)
+        VideoFileSource(tmp_path / "nope.mp4", width=160, motion_vectors=True)
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 1000)
     with pytest.raises(SourceError, match="cannot open"):
-        VideoFileSource(bad, width=160)
+        VideoFileSource(bad, width=160, motion_vectors=True)
 
 
 def test_registry_opens_the_configured_kind(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((48, 64, 3), np.uint8))
-    config = Config.model_validate({"source": {"kind": "folder", "uri": str(tmp_path)}, "gates": {"change": {"width": 32}}})
+    config = Config.model_validate({"source": {"kind": "folder", "uri": str(tmp_path), "analysis_width": 32}})
     with open_source(config) as source:
         assert isinstance(source, FolderSource) and source.width == 32
+    camera = Config.model_validate({"source": {"kind": "rtsp", "uri": "rtsp://cam/live", "timeout": "3s",
+                                               "reconnect_max": "2m"},
+                                    "gates": {"motion_vectors": {"enabled": False}}})
+    source = open_source(camera)  # not connected until frames() is called
+    assert isinstance(source, RtspSource) and source.live and source.width == 320
+    assert (source.timeout, source.backoff.maximum, source.has_motion_vectors) == (3.0, 120.0, False)
     with pytest.raises(SourceError, match="not a URL"):
         open_source(Config.model_validate({"source": {"kind": "rtsp", "uri": "camera-1"}}))
     with pytest.raises(SourceError, match="camera number"):
@@ -118,7 +126,7 @@ def test_a_demux_error_skips_the_damage_and_keeps_the_rest_of_the_file(tmp_path,
     scene = textured_background(height=120, width=160)
     clip = encode_video(tmp_path / "clip.mp4", [to_bgr(with_car(scene, x=2 * i, y=40, w=30, h=15), rng)
                                                 for i in range(60)])
-    source = VideoFileSource(clip, width=80)
+    source = VideoFileSource(clip, width=80, motion_vectors=True)
     real_demux = source.container.demux
     calls = []
 

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 import subprocess
 import threading
 import uuid
@@ -8,9 +10,17 @@ import cv2
 import numpy as np
 import pytest
 
+from framecull.atomic import write_atomic
+from framecull.config import config_from_dict
 from framecull.frame import Frame
 from framecull.pipeline import Decision
-from framecull.store import Store
+from framecull.store import Store, StoreError
+
+HASH = "0123456789abcdef"
+
+
+def store_at(root, camera: str = "cam", quality: int = 92, max_bytes: int = 0) -> Store:
+    return Store(root, camera, quality, HASH, max_bytes)
 
 
 def frame(index: int, seed: int = 0, size=(240, 320)) -> Frame:
@@ -24,7 +34,7 @@ def decision(f: Frame) -> Decision:
 
 
 def test_saved_frame_has_its_sidecar_and_a_dated_name(tmp_path):
-    store = Store(tmp_path, "lot-north", quality=80, config_hash="abc123")
+    store = Store(tmp_path, "lot-north", 80, "abc123", 0)
     f = frame(7)
     path = Path(store.save(f, decision(f)))
     assert path.parent == tmp_path / "frames" / "2026-05-28"
@@ -38,14 +48,14 @@ def test_saved_frame_has_its_sidecar_and_a_dated_name(tmp_path):
 
 
 def test_names_are_unique_for_frames_with_the_same_time(tmp_path):
-    store = Store(tmp_path, "cam")
+    store = store_at(tmp_path)
     f = frame(1)
     paths = {store.save(f, decision(f)) for _ in range(3)}
     assert len(paths) == 3
 
 
 def test_a_puller_never_sees_a_partial_file_or_an_image_without_sidecar(tmp_path):
-    store = Store(tmp_path, "cam", quality=95)
+    store = store_at(tmp_path, quality=95)
     frames = [frame(i, size=(480, 640)) for i in range(60)]
     problems, seen = [], set()
     done = threading.Event()
@@ -77,18 +87,18 @@ def test_a_puller_never_sees_a_partial_file_or_an_image_without_sidecar(tmp_path
 def test_leftovers_of_a_crash_are_removed_at_start(tmp_path):
     (tmp_path / "tmp").mkdir()
     (tmp_path / "tmp" / "x.jpg.123.partial").write_bytes(b"half")
-    store = Store(tmp_path, "cam")
+    store = store_at(tmp_path)
     kept = Path(store.save(frame(1), decision(frame(1))))
     orphan = kept.with_name("cam_20260528T000000.000000Z_000099.json")  # killed before its image
     orphan.write_text("{}")
-    Store(tmp_path, "cam")
+    store_at(tmp_path)
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not orphan.exists() and kept.exists() and kept.with_suffix(".json").exists()
 
 
 def test_a_second_run_with_the_same_capture_times_overwrites_nothing(tmp_path):
-    first = [Store(tmp_path, "cam").save(frame(i), decision(frame(i))) for i in range(3)]
-    again = Store(tmp_path, "cam")
+    first = [store_at(tmp_path).save(frame(i), decision(frame(i))) for i in range(3)]
+    again = store_at(tmp_path)
     second = [again.save(frame(i), decision(frame(i))) for i in range(3)]
     assert not set(first) & set(second)
     assert len(list((tmp_path / "frames").rglob("*.jpg"))) == 6
@@ -106,18 +116,18 @@ def tiny_fs(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_disk_full_counts_lost_frames_damages_nothing_and_recovers(tiny_fs, caplog):
-    store = Store(tiny_fs, "cam", quality=95)
-    saved, lost = [], 0
+def test_disk_full_raises_damages_nothing_and_recovers(tiny_fs):
+    store = store_at(tiny_fs, quality=95)
+    saved, errors = [], []
     for i in range(40):  # each noise JPEG is ~80 KB: the disk fills after about a dozen
         f = frame(i)
-        path = store.save(f, decision(f))
-        if path:
-            saved.append(Path(path))
-        else:
-            lost += 1
-    assert saved and lost > 0 and store.lost == lost
-    assert "lost to storage" in caplog.text
+        try:
+            saved.append(Path(store.save(f, decision(f))))
+        except StoreError as exc:
+            errors.append(exc)
+    assert saved and errors and store.saved == len(saved)
+    assert isinstance(errors[0].__cause__, OSError) and "No space left" in str(errors[0])
+    assert str(errors[0]).startswith(f"frame {len(saved)} (cam_")
     images = sorted((tiny_fs / "frames").rglob("*.jpg"))
     assert images == sorted(saved), "an image that failed to write is visible"
     for image in images:
@@ -130,11 +140,75 @@ def test_disk_full_counts_lost_frames_damages_nothing_and_recovers(tiny_fs, capl
         image.unlink()
         image.with_suffix(".json").unlink()
     f = frame(100)
-    assert store.save(f, decision(f)) is not None
+    assert Path(store.save(f, decision(f))).is_file()
+
+
+def test_a_frame_that_cannot_be_encoded_raises_and_leaves_nothing(tmp_path):
+    store = store_at(tmp_path)
+    empty = Frame(3, 1_780_000_000.0, np.zeros((12, 16), np.uint8), image=np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(StoreError, match=r"^frame 3 \(cam_.*\.jpg\) not stored") as raised:
+        store.save(empty, decision(empty))
+    assert isinstance(raised.value.__cause__, cv2.error)
+    assert not (tmp_path / "frames").exists() or not list((tmp_path / "frames").rglob("*.*"))
+    assert store.saved == 0
+
+
+def test_a_read_only_store_raises_with_the_cause(tmp_path):
+    store = store_at(tmp_path)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    (tmp_path / "tmp").chmod(0o500)
+    try:
+        f = frame(1)
+        if os.access(tmp_path / "tmp", os.W_OK):
+            pytest.skip("running as root: permissions do not stop writes")
+        with pytest.raises(StoreError) as raised:
+            store.save(f, decision(f))
+        assert isinstance(raised.value.__cause__, PermissionError)
+        assert not [p for p in (tmp_path / "frames").rglob("*") if p.is_file()]
+    finally:
+        (tmp_path / "tmp").chmod(0o700)
+
+
+def test_from_config_reads_quality_budget_camera_and_digest(tmp_path):
+    config = config_from_dict({"camera": "lot-north", "store": {"root": str(tmp_path / "root"), "quality": 70},
+                               "budget": {"max_bytes": "5MB"}})
+    store = Store.from_config(config)
+    assert (store.root, store.camera, store.quality) == (tmp_path / "root", "lot-north", 70)
+    assert store.max_bytes == 5_000_000 and store.config_hash == config.digest()
+    assert Store.from_config(config, tmp_path / "elsewhere").root == tmp_path / "elsewhere"
+
+
+def test_write_atomic_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "index.faiss"
+    write_atomic(target, b"old")
+
+    def failing(temp: Path) -> None:
+        temp.write_bytes(b"half of the new")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_atomic(target, failing)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["index.faiss"]
+    write_atomic(target, lambda temp: temp.write_bytes(b"new"))
+    write_atomic(tmp_path / "status.json", '{"state": "running \u2713"}')
+    assert target.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["index.faiss", "status.json"]
+    assert json.loads((tmp_path / "status.json").read_text()) == {"state": "running \u2713"}
+
+
+def test_write_atomic_honours_the_umask_and_the_temp_dir(tmp_path):
+    (tmp_path / "tmp").mkdir()
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "frame.jpg", b"x", temp_dir=tmp_path / "tmp")
+    finally:
+        os.umask(old)
+    # a puller logging in as another user must be able to read what was kept
+    assert stat.S_IMODE((tmp_path / "frame.jpg").stat().st_mode) == 0o644
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_max_bytes_deletes_the_oldest_pairs_first(tmp_path):
-    store = Store(tmp_path, "cam", quality=90, max_bytes=400_000)
+    store = store_at(tmp_path, quality=90, max_bytes=400_000)
     paths = []
     for i in range(20):  # ~70 KB each: about 6 fit under the cap
         f = frame(i)
@@ -148,7 +222,7 @@ def test_max_bytes_deletes_the_oldest_pairs_first(tmp_path):
 
 
 def test_max_bytes_counts_what_the_puller_took_away(tmp_path):
-    store = Store(tmp_path, "cam", quality=90, max_bytes=400_000)
+    store = store_at(tmp_path, quality=90, max_bytes=400_000)
     for i in range(5):
         f = frame(i)
         store.save(f, decision(f))

@@ -233,7 +233,7 @@ def test_unknown_scene_is_a_source_error_naming_the_choices():
 
 
 def test_the_registry_opens_the_synthetic_source():
-    config = config_from_dict({"source": {"kind": "synthetic"}, "gates": {"change": {"width": 160}}})
+    config = config_from_dict({"source": {"kind": "synthetic", "analysis_width": 160}})
     source = open_source(config)
     assert isinstance(source, SyntheticSource) and source.scene.name == "parking_lot" and source.width == 160
     with pytest.raises(SourceError):

@@ -13,14 +13,16 @@ from framecull import calibrate, preview
 from framecull.config import Config, config_from_dict
 from framecull.frame import Frame
 from framecull.gates.novelty import MAX_FACTOR, MIN_FACTOR, KeepRate
-from framecull.pipeline import build_pipeline
+from framecull.runner import Collect, Runner
 from framecull.sources import iter_frames
 from framecull.sources.synthetic import SyntheticSource, parking_lot
 from scenes import encode_video, textured_background, to_bgr, with_car
 
-MASKS = {"camera": "t", "source": {"fps": 5}, "gates": {"change": {
+pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
+
+MASKS = {"camera": "t", "source": {"fps": 5}, "regions": {
     "border": [0.0, 0.1, 0.0, 0.0],
-    "masks": [{"name": "bay", "polygon": [[0.3, 0.3], [0.45, 0.3], [0.45, 0.6], [0.3, 0.6]]}]}}}
+    "masks": [{"name": "bay", "polygon": [[0.3, 0.3], [0.45, 0.3], [0.45, 0.6], [0.3, 0.6]]}]}}
 
 
 def parse(module, *argv):
@@ -29,13 +31,15 @@ def parse(module, *argv):
     return parser.parse_args(list(argv))
 
 
+def run(config, frames) -> list:
+    decisions = Collect()
+    with tempfile.TemporaryDirectory() as root, Runner(config, Path(root), write=False, sinks=[decisions]) as runner:
+        runner.run(frames)
+    return decisions.decisions
+
+
 def replay_decisions(config, source):
-    with tempfile.TemporaryDirectory() as root:
-        pipeline = build_pipeline(config, None, memory_root=Path(root))
-        try:
-            return list(pipeline.run(iter_frames(source, config.source.fps)))
-        finally:
-            pipeline.close()
+    return run(config, iter_frames(source, config.source.fps))
 
 
 def test_preview_pngs_show_masks_contours_and_the_real_decisions(tmp_path):
@@ -129,19 +133,13 @@ def test_target_per_hour_moves_the_kept_rate_towards_the_target():
             n += 1
     hours = n / 5.0 / 3600
 
-    def run(target):
+    def run_at(target):
         config = config_from_dict({"camera": "t", "gates": {"novelty": {"target_per_hour": target}}})
-        with tempfile.TemporaryDirectory() as root:
-            pipeline = build_pipeline(config, None, memory_root=Path(root))
-            try:
-                stream = (Frame.from_bgr(k, t, scene.render(i), 320) for k, t, scene, i in frames)
-                return list(pipeline.run(stream))
-            finally:
-                pipeline.close()
+        return run(config, (Frame.from_bgr(k, t, scene.render(i), 320) for k, t, scene, i in frames))
 
     target = 300.0
-    fixed = sum(d.kept for d in run(0)) / hours
-    decisions = run(target)
+    fixed = sum(d.kept for d in run_at(0)) / hours
+    decisions = run_at(target)
     adaptive = sum(d.kept for d in decisions) / hours
     factors = [d.scores["novelty"]["factor"] for d in decisions if "novelty" in d.scores]
     assert fixed > 1.5 * target, "the scene should keep far more than the target at fixed thresholds"

@@ -30,7 +30,8 @@ import numpy as np
 from framecull.config import Config, load_config
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
-from framecull.pipeline import Budget, Decision, Pipeline, build_pipeline
+from framecull.pipeline import Decision
+from framecull.runner import Collect, Runner
 from framecull.sources import Source, iter_frames, open_source, with_recorded_source
 
 SCALES = np.geomspace(1 / 8, 8, 41)  # factors on the configured novelty thresholds
@@ -69,9 +70,8 @@ def record(config: Config, source: Source) -> Recording:
     from framecull.gates.novelty import load_embedder
 
     mv, cc = config.gates.motion_vectors, config.gates.change
-    motion = MotionVectorGate(mv.min_magnitude, mv.min_area, mv.min_cluster, mv.hold_frames, mv.count_intra,
-                              regions=cc) if mv.enabled else None
-    change = ChangeGate(cc)
+    motion = MotionVectorGate(mv, config.regions) if mv.enabled else None
+    change = ChangeGate(cc, config.regions, config.lighting)
     embedder = load_embedder(config.gates.novelty)
     floor = cc.min_changed / CHANGED_SPAN
     rec = Recording(config, 0.0)
@@ -83,7 +83,7 @@ def record(config: Config, source: Source) -> Recording:
                 rec.changed.append(change.measure(frame)[0].changed)  # the score only; no state change
                 continue
             verdict = change.judge(frame)
-            score = verdict.scores["changed"]
+            score = verdict.rank  # the changed fraction
             rec.changed.append(score)
             forced = verdict.passed and score < cc.min_changed  # first frame or a light step
             if forced or score >= floor:
@@ -109,7 +109,7 @@ class _Replayed(Gate):
 
     def judge(self, frame: Frame) -> Verdict:
         changed, forced = self.scores[frame.index]
-        return Verdict(forced or changed >= self.min_changed, {"changed": changed})
+        return Verdict(forced or changed >= self.min_changed, {"changed": changed}, rank=changed)
 
 
 class _Cached:
@@ -134,18 +134,17 @@ def simulate(rec: Recording, scale: float = 1.0, min_changed: float | None = Non
     min_changed = config.gates.change.min_changed if min_changed is None else min_changed
     embedder = _Cached(rec.embedder, rec.vectors)
     scores = {i: (changed, forced) for i, _, changed, forced, _ in rec.candidates}
+    # The heartbeat is left out: only the candidates are replayed, so quiet time is not seen.
+    config = config.model_copy(update={"pacing": config.pacing.model_copy(update={"heartbeat": 0.0})})
     with tempfile.TemporaryDirectory(prefix="framecull-calibrate-") as root:
-        memory = open_memory(nov, embedder, Path(root))
         gates = [_Replayed(scores, min_changed)]
         if nov.enabled:
-            gates.append(NoveltyGate(cfg, embedder, memory, light_change=config.gates.change.light_change))
-        pipeline = Pipeline(gates, None, min_interval=nov.min_interval,
-                            budget=Budget(config.store.max_per_hour, config.store.max_per_day))
+            gates.append(NoveltyGate(cfg, config.lighting, embedder, open_memory(nov, embedder, Path(root))))
         frames = (Frame(i, t, gray=np.array([[light]], np.float32), image=i) for i, t, _, _, light in rec.candidates)
-        try:
-            return list(pipeline.run(frames))
-        finally:
-            memory.close()
+        decisions = Collect()
+        with Runner(config, Path(root), write=False, sinks=[decisions], gates=gates) as runner:
+            runner.run(frames)
+        return decisions.decisions
 
 
 def kept_count(rec: Recording, scale: float = 1.0, min_changed: float | None = None) -> int:
@@ -197,17 +196,19 @@ def apply_scale(config: Config, scale: float) -> Config:
 
 def replay_count(config: Config, source: Source) -> int:
     """Frames the real pipeline keeps over `source`, from an empty memory, writing nothing."""
-    with tempfile.TemporaryDirectory(prefix="framecull-calibrate-") as root:
-        pipeline = build_pipeline(config, None, memory_root=Path(root))
-        try:
-            return sum(d.kept for d in pipeline.run(iter_frames(source, config.source.fps)))
-        finally:
-            pipeline.close()
-            source.close()
+    try:
+        with tempfile.TemporaryDirectory(prefix="framecull-calibrate-") as root, \
+                Runner(config, Path(root), write=False) as runner:
+            runner.run(iter_frames(source, config.source.fps))
+        return runner.kept
+    finally:
+        source.close()
 
 
 def plot_histograms(rec: Recording, decisions: list[Decision], path: Path) -> Path:
     import matplotlib
+
+    from framecull.gates.novelty import NoveltyGate
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -225,10 +226,9 @@ def plot_histograms(rec: Recording, decisions: list[Decision], path: Path) -> Pa
     a.set_xlabel("changed fraction of the frame")
     a.set_ylabel("frames")
     a.legend()
-    distances = [d.scores["novelty"]["distance"] for d in decisions
-                 if d.scores.get("novelty", {}).get("distance") is not None]
-    regions = [d.scores["novelty"]["region"] for d in decisions
-               if d.scores.get("novelty", {}).get("region") is not None]
+    novelty = [d.scores.get(NoveltyGate.name, {}) for d in decisions]
+    distances = [n["distance"] for n in novelty if n.get("distance") is not None]
+    regions = [n["region"] for n in novelty if n.get("region") is not None]
     bins = np.linspace(0, max([*distances, *regions, nov.min_region_distance, nov.min_distance]) * 1.05, 60)
     b.hist(distances, bins=bins, alpha=0.7, label="whole frame", color="tab:blue")
     if regions:

@@ -6,93 +6,16 @@ import argparse
 import json
 import logging
 import sys
-import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-
 from framecull.config import EX_CONFIG, Config, ConfigError, load_config, to_toml
-from framecull.pipeline import Decision, build_pipeline
-from framecull.sources import Source, SourceError, iter_frames, open_source, with_recorded_source
-from framecull.store import Store
+from framecull.replay import OutputInUse
+from framecull.sources import SourceError, open_source, with_recorded_source
 
+EX_USAGE = 64  # sysexits.h: the command was used the wrong way
 EX_NOINPUT = 66  # sysexits.h: the input (source) does not exist or cannot be read
 
 log = logging.getLogger("framecull")
-
-
-class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int | None) -> None:
-        self.total = total
-        self.enabled = sys.stderr.isatty()
-        self._last = 0.0
-
-    def update(self, done: int, kept: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self._last < 0.2:
-            return
-        self._last = now
-        if self.total:
-            filled = int(30 * done / self.total)
-            bar = "#" * filled + "." * (30 - filled)
-            sys.stderr.write(f"\r[{bar}] {done}/{self.total} frames, {kept} kept ")
-        else:
-            sys.stderr.write(f"\r{done} frames, {kept} kept ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\033[K")
-
-
-@dataclass
-class ReplayResult:
-    decisions: list[Decision]
-    seconds: float
-    lost: int  # kept frames the store could not write
-
-    def summary(self, out: Path) -> str:
-        dropped = Counter(d.stage for d in self.decisions if not d.kept)
-        kept = sum(d.kept for d in self.decisions)
-        rate = len(self.decisions) / self.seconds if self.seconds > 0 else 0.0
-        lines = [f"frames in: {len(self.decisions)}"]
-        lines += [f"dropped at {stage}: {count}" for stage, count in dropped.items()]
-        lines.append(f"kept: {kept}" + (f" (lost to storage: {self.lost})" if self.lost else ""))
-        lines.append(f"speed: {rate:.1f} frames/s")
-        lines.append(f"kept frames are in {out / 'frames'}")
-        return "\n".join(lines)
-
-
-def replay(config: Config, source: Source, out: Path, decisions_path: Path | None = None) -> ReplayResult:
-    """Run the exact daemon pipeline over a recorded source, writing kept frames under `out`."""
-    if (out / "memory.sqlite").exists() and config.gates.novelty.enabled:
-        log.warning("%s already holds the memory of an earlier run: frames like those it kept will not be "
-                    "kept again (use a new --out to start afresh)", out)
-    store = Store.from_config(config, out)
-    pipeline = build_pipeline(config, store, memory_root=out)
-    decisions: list[Decision] = []
-    progress = Progress(source.frame_count)
-    started = time.perf_counter()
-    if decisions_path:
-        decisions_path.parent.mkdir(parents=True, exist_ok=True)
-    sink = open(decisions_path, "w") if decisions_path else None
-    try:
-        for decision in pipeline.run(iter_frames(source, config.source.fps)):
-            decisions.append(decision)
-            if sink:
-                sink.write(json.dumps(decision.to_json()) + "\n")
-            progress.update(len(decisions), store.saved)
-    finally:
-        pipeline.close()
-        progress.close()
-        if sink:
-            sink.close()
-        source.close()
-    return ReplayResult(decisions, time.perf_counter() - started, store.lost)
 
 
 def _load(path: str | None) -> Config:
@@ -110,34 +33,41 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    config = with_recorded_source(_load(args.config), args.source)
-    source = open_source(config)
-    out = Path(args.out)
-    result = replay(config, source, out, Path(args.decisions) if args.decisions else None)
-    print(result.summary(out))
-    if args.report:
-        from framecull.report import write_report
+    from framecull.replay import DEFAULT_PARENT, new_output, replay, summary
 
-        page = write_report([d.to_json() for d in result.decisions], out / "frames", Path(args.report),
-                            title=f"framecull replay: {Path(args.source).name}")
-        print(f"report: {page}")
+    config = with_recorded_source(_load(args.config), args.source)
+    out = Path(args.out) if args.out else new_output(DEFAULT_PARENT, args.source)
+    runner = replay(config, open_source(config), out, resume=args.resume)
+    print(summary(runner, out))
+    if args.report:
+        _report(out, Path(args.report), f"framecull replay: {Path(args.source).name}")
     return 0
+
+
+def _report(out: Path, page: Path, title: str) -> None:
+    from framecull.replay import DECISIONS_FILE
+    from framecull.report import load_decisions, write_report
+
+    written = write_report(load_decisions(out / DECISIONS_FILE), out / "frames", page, title=title)
+    print(f"report: {written}")
 
 
 def cmd_demo(args) -> int:
     from framecull.contact_sheet import write_contact_sheet
+    from framecull.replay import DECISIONS_FILE, new_output, replay, summary
+    from framecull.report import load_decisions
     from framecull.sources.synthetic import SyntheticSource
 
     config = _load(args.config)
-    out = Path(args.out)
-    source = SyntheticSource(args.scene, config.gates.change.width)
+    out = new_output(Path(args.out), args.scene)
+    source = SyntheticSource(args.scene, config.source.analysis_width)
     scene = source.scene
-    result = replay(config, source, out, out / "decisions.jsonl")
-    print(result.summary(out))
-    kept = [d for d in result.decisions if d.kept]
-    caught = sum(any(e.start <= d.index <= e.end for d in kept) for e in scene.events)
+    runner = replay(config, source, out)
+    print(summary(runner, out))
+    kept = [d for d in load_decisions(out / DECISIONS_FILE) if d["kept"]]
+    caught = sum(any(e.start <= d["index"] <= e.end for d in kept) for e in scene.events)
     print(f"events in the scene: {len(scene.events)}, with at least one kept frame: {caught}")
-    sheet = write_contact_sheet([Path(d.path) for d in kept], out / "contact_sheet.png")
+    sheet = write_contact_sheet([Path(d["path"]) for d in kept], out / "contact_sheet.png")
     print(f"contact sheet: {sheet}")
     return 0
 
@@ -151,7 +81,7 @@ def cmd_probe(args) -> int:
         uri = "" if kind == "picamera2" and args.source == "picamera2" else args.source
         source = config.source.model_copy(update={"kind": kind, "uri": uri})
         config = config.model_copy(update={"source": source})
-    report = probe(open_source(config), seconds=args.seconds, change=config.gates.change)
+    report = probe(open_source(config), seconds=args.seconds, config=config)
     sys.stdout.write(json.dumps(report) + "\n" if args.json else format_probe(report))
     return 0 if report["frames"] else 1
 
@@ -161,8 +91,6 @@ def _memory_root(args, config: Config) -> Path:
 
 
 def cmd_memory(args) -> int:
-    import sqlite3
-
     from framecull.gates.novelty import load_embedder, open_memory
 
     config = _load(args.config)
@@ -170,23 +98,13 @@ def cmd_memory(args) -> int:
     if not (root / "memory.sqlite").exists():
         raise SourceError(f"no memory at {root} (memory.sqlite not found)")
     embedder = load_embedder(config.gates.novelty)
-    novelty = config.gates.novelty
-    if args.action == "rebuild":
-        # Re-embed, with the configured model, every kept frame whose image is still on disk;
-        # frames the server already pulled away cannot be re-embedded and are forgotten.
-        with sqlite3.connect(root / "memory.sqlite") as db:
-            rows = db.execute("SELECT time, file, threshold FROM kept ORDER BY id").fetchall()
-        with open_memory(novelty, embedder, root, rebuild=True) as memory:
-            if len(memory) == 0:
-                for time_, file, threshold in rows:
-                    image = cv2.imread(str(root / file)) if file else None
-                    if image is not None:
-                        memory.add(embedder.embed(image), time_, file, threshold, None)
+    rebuild = args.action == "rebuild"
+    with open_memory(config.gates.novelty, embedder, root, rebuild=rebuild) as memory:
+        if rebuild:
+            reembedded, forgotten = memory.reembed(embedder.embed, config.source.analysis_width)
             print(f"memory at {root}: {len(memory)} frames for model {embedder.sha256[:12]} "
-                  f"({len(rows) - len(memory)} of {len(rows)} forgotten: their images are gone)")
-        return 0
-    with open_memory(novelty, embedder, root) as memory:
-        if args.action == "stats":
+                  f"({reembedded} re-embedded, {forgotten} forgotten: their images are gone)")
+        elif args.action == "stats":
             for key, value in memory.stats().items():
                 print(f"{key}: {value}")
         else:
@@ -198,7 +116,7 @@ def cmd_memory(args) -> int:
 def cmd_run(args) -> int:
     import os
 
-    from framecull.service import SAVE_INTERVAL, STALL_AFTER, STATUS_INTERVAL, Service
+    from framecull.service.loop import SAVE_INTERVAL, STALL_AFTER, STATUS_INTERVAL, Service
 
     # The intervals are constants; the environment may shorten them (the tests do).
     def seconds(name: str, default: float) -> float:
@@ -211,7 +129,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from framecull.status import format_status, read_status
+    from framecull.service.status import format_status, read_status
 
     if args.root:
         root = Path(args.root)
@@ -255,8 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run the pipeline offline over a video file or a folder of images")
     p.add_argument("source", help="a video file or a folder of images")
     p.add_argument("--config", help="per-camera TOML (default: built-in defaults)")
-    p.add_argument("--out", default="replay-out", help="where kept frames go (default: %(default)s)")
-    p.add_argument("--decisions", help="write one JSON line per input frame to this file")
+    p.add_argument("--out", help="where kept frames, the memory and decisions.jsonl go (default: a new folder "
+                                 "replay-out/<source>-<time>/); refused when it holds a memory, unless --continue")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="reuse the memory in --out on purpose: tune against what a camera already kept, "
+                        "or finish an interrupted replay")
     p.add_argument("--report", help="also write a self-contained HTML report of the run to this file")
     p.set_defaults(func=cmd_replay)
 
@@ -268,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=report.main)
 
     p = sub.add_parser("demo", help="replay a synthetic parking lot and show what is kept")
-    p.add_argument("--out", default="demo-out", help="where kept frames go (default: %(default)s)")
+    p.add_argument("--out", default="demo-out", help="a new folder for each run is made in here (default: %(default)s)")
     p.add_argument("--config", help="per-camera TOML (default: built-in defaults)")
     p.add_argument("--scene", default="parking_lot", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
@@ -277,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "change-gate pass rate")
     p.add_argument("source", nargs="?", help="rtsp://..., /dev/video0, picamera2, a file or folder "
                                              "(default: the config's [source])")
-    p.add_argument("--config", help="per-camera TOML: its [source] settings and [gates.change] masks")
+    p.add_argument("--config", help="per-camera TOML: its [source] settings and [regions] masks")
     p.add_argument("--seconds", type=float, default=5.0, help="how long to read (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_probe)
@@ -319,5 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as exc:
         print(f"framecull: {exc}", file=sys.stderr)
         return EX_NOINPUT
+    except OutputInUse as exc:
+        print(f"framecull: {exc}", file=sys.stderr)
+        return EX_USAGE
     except KeyboardInterrupt:
         return 130

@@ -41,17 +41,30 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def D(default, description: str, **constraints):  # noqa: N802 - reads as a field declaration
+    """A config field: its default (written here, once) and what it means (check-config prints it)."""
+    if callable(default):
+        return Field(default_factory=default, description=description, **constraints)
+    return Field(default, description=description, **constraints)
+
+
 class SourceConfig(Section):
-    kind: Literal["picamera2", "v4l2", "rtsp", "file", "folder", "synthetic"] = "synthetic"
-    uri: str = ""  # device, URL, file or folder, by kind; for synthetic: the scene name
-    fps: float = Field(0.0, ge=0.0, le=120.0)  # frames analysed per second; 0 = every frame
-    # Live cameras (rtsp, v4l2, picamera2):
-    capture_size: tuple[int, int] = (0, 0)  # (width, height) asked of the camera; (0, 0) = its default
-    capture_fps: float = Field(0.0, ge=0.0, le=120.0)  # frame rate asked of the camera; 0 = its default
-    fourcc: str = Field("MJPG", pattern=r"^([A-Za-z0-9]{4})?$")  # v4l2 pixel format; "" = the driver's
-    transport: Literal["tcp", "udp"] = "tcp"  # rtsp
-    timeout: Duration = 5.0  # a read that takes longer means the camera is gone (opening: twice this)
-    reconnect_max: Duration = 60.0  # reconnect delays double from 1 s up to this
+    kind: Literal["picamera2", "v4l2", "rtsp", "file", "folder", "synthetic"] = D(
+        "synthetic", "picamera2 | v4l2 | rtsp | file | folder | synthetic")
+    uri: str = D("", "by kind: an rtsp:// URL, a /dev/video device, the picamera2 camera number, a video "
+                     "file, an image folder, a synthetic scene name")
+    fps: float = D(0.0, "frames analysed per second; 0 = every frame the source delivers", ge=0.0, le=120.0)
+    analysis_width: int = D(320, "width of the gray analysis plane every pixel gate looks at; its height "
+                                 "keeps the aspect ratio", ge=32, le=1920)
+    capture_size: tuple[int, int] = D((0, 0), "live cameras: [width, height] asked of the camera; [0, 0] = "
+                                              "its default")
+    capture_fps: float = D(0.0, "live cameras: frame rate asked of the camera; 0 = its default", ge=0.0, le=120.0)
+    fourcc: str = D("MJPG", "v4l2 pixel format (MJPG, YUYV, ...); \"\" = the driver's",
+                    pattern=r"^([A-Za-z0-9]{4})?$")
+    transport: Literal["tcp", "udp"] = D("tcp", "rtsp transport: tcp | udp")
+    timeout: Duration = D(5.0, "live cameras: a read that takes longer means the camera is gone "
+                               "(opening gets twice this)")
+    reconnect_max: Duration = D(60.0, "live cameras: reconnect delays double from 1 s up to this")
 
     @field_validator("timeout", "reconnect_max")
     @classmethod
@@ -68,38 +81,17 @@ class SourceConfig(Section):
         return v
 
 
-class MotionVectorsConfig(Section):
-    enabled: bool = True
-    min_magnitude: float = Field(1.0, ge=0.0, le=64.0)  # pixels a 16x16 block must move
-    min_area: Fraction = 0.002  # fraction of the frame the moving blocks must cover
-    min_cluster: int = Field(2, ge=2, le=1000)  # moving blocks that must touch; a lone block is noise
-    hold_frames: int = Field(5, ge=0, le=10000)  # frames passed after motion stops (event ends, B-frames)
-    count_intra: bool = True  # intra-coded blocks are new content; false for cameras with intra refresh
-
-
 class Mask(Section):
-    name: str = Field(min_length=1)
-    polygon: list[Point] = Field(min_length=3)
+    name: str = Field(min_length=1, description="what the masked area is (shown by framecull preview)")
+    polygon: list[Point] = Field(min_length=3, description="[x, y] fractions of the frame, (0, 0) = top left")
 
 
-class ChangeConfig(Section):
-    width: int = Field(320, ge=32, le=1920)  # analysis width; height keeps the aspect ratio
-    blur: int = Field(5, ge=0, le=31)  # Gaussian kernel size (odd); 0 or 1 = no blur
-    threshold: float = Field(25.0, ge=1.0, le=255.0)  # grey levels, at normal daylight contrast
-    min_area: Fraction = 0.0005  # contours smaller than this fraction of the frame are ignored
-    min_changed: Fraction = 0.005  # fraction of the frame the accepted contours must cover
-    light_change: float = Field(0.2, ge=0.0, le=10.0)  # brightness change that is a new lighting state; 0 = off
-    reference: Literal["last_judged", "previous", "background"] = "last_judged"
-    background_rate: float = Field(0.05, gt=0.0, le=1.0)  # weight of a new frame in the background
-    border: tuple[Fraction, Fraction, Fraction, Fraction] = (0.0, 0.0, 0.0, 0.0)  # t, r, b, l
-    masks: list[Mask] = Field(default_factory=list)
+class RegionsConfig(Section):
+    """What every gate that looks at pixels ignores."""
 
-    @field_validator("blur")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v > 1 and v % 2 == 0:
-            raise ValueError("must be odd (a Gaussian kernel size), or 0 for no blur")
-        return v
+    border: tuple[Fraction, Fraction, Fraction, Fraction] = D(
+        (0.0, 0.0, 0.0, 0.0), "crop before analysis: top, right, bottom, left, fractions of the frame")
+    masks: list[Mask] = D(list, "areas that never count as change or motion: timestamps, sky, trees, a road")
 
     @field_validator("border")
     @classmethod
@@ -110,18 +102,55 @@ class ChangeConfig(Section):
         return v
 
 
+class LightingConfig(Section):
+    min_change: float = D(0.2, "a change of mean brightness by this ratio (either way) is a new lighting "
+                               "state: a candidate for the change gate, novel to the novelty gate when no "
+                               "near kept frame has that brightness; 0 = off", ge=0.0, le=10.0)
+
+
+class MotionVectorsConfig(Section):
+    enabled: bool = D(True, "drop frames whose H.264 motion vectors show nothing moving; passes "
+                            "everything when the source has no vectors")
+    min_magnitude: float = D(1.0, "pixels a 16x16 block must move to count", ge=0.0, le=64.0)
+    min_area: Fraction = D(0.002, "fraction of the frame the moving blocks must cover")
+    min_cluster: int = D(2, "moving blocks that must touch; a lone block is noise", ge=2, le=1000)
+    hold_frames: int = D(5, "frames still passed after motion stops (an event's last frames, B-frames)",
+                         ge=0, le=10000)
+    count_intra: bool = D(True, "intra-coded blocks count as new content; false for cameras with rolling "
+                                "intra refresh")
+
+
+class ChangeConfig(Section):
+    blur: int = D(5, "Gaussian kernel size, odd; 0 or 1 = no blur", ge=0, le=31)
+    threshold: float = D(25.0, "grey-level difference that counts as changed, at daylight contrast "
+                               "(lower in flat, dark scenes; never below 3.5 noise sigmas)", ge=1.0, le=255.0)
+    min_area: Fraction = D(0.0005, "changed blobs smaller than this fraction of the frame are ignored")
+    min_changed: Fraction = D(0.005, "a frame is a candidate when the accepted blobs cover this fraction")
+    reference: Literal["last_judged", "previous", "background"] = D(
+        "last_judged", "compare with: the last frame that passed (last_judged), the frame before "
+                       "(previous), or a running average (background)")
+    background_rate: float = D(0.05, "weight of each new frame in the background reference", gt=0.0, le=1.0)
+
+    @field_validator("blur")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v > 1 and v % 2 == 0:
+            raise ValueError("must be odd (a Gaussian kernel size), or 0 for no blur")
+        return v
+
+
 class ModelInputConfig(Section):
     """How to feed a bring-your-own model: x = (pixel * scale - mean) / std, per channel."""
 
-    name: str = ""  # "" = the graph's only input
-    width: int = Field(0, ge=0, le=4096)  # 0 = from the graph's input shape
-    height: int = Field(0, ge=0, le=4096)
-    layout: Literal["NCHW", "NHWC"] = "NCHW"
-    dtype: Literal["", "float32", "float16"] = ""  # "" = from the graph
-    color: Literal["BGR", "RGB"] = "BGR"
-    scale: float = Field(1.0, gt=0.0)
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    name: str = D("", "input tensor; \"\" = the graph's only input")
+    width: int = D(0, "input width; 0 = from the graph's input shape", ge=0, le=4096)
+    height: int = D(0, "input height; 0 = from the graph's input shape", ge=0, le=4096)
+    layout: Literal["NCHW", "NHWC"] = D("NCHW", "NCHW | NHWC")
+    dtype: Literal["", "float32", "float16"] = D("", "float32 | float16; \"\" = from the graph")
+    color: Literal["BGR", "RGB"] = D("BGR", "channel order the model expects")
+    scale: float = D(1.0, "pixel values are multiplied by this first", gt=0.0)
+    mean: tuple[float, float, float] = D((0.0, 0.0, 0.0), "subtracted per channel, after scale")
+    std: tuple[float, float, float] = D((1.0, 1.0, 1.0), "divided per channel, after mean")
 
     @field_validator("std")
     @classmethod
@@ -132,49 +161,63 @@ class ModelInputConfig(Section):
 
 
 class NoveltyConfig(Section):
-    enabled: bool = True
-    model: str = "default"  # "default" (shipped) or a path to an .onnx file
-    output: str = ""  # tensor to read: a graph output or an internal tensor; "" = first output
-    grid: tuple[int, int] = (0, 0)  # (cols, rows) of a grid embedding; (0, 0) = from the model
-    min_distance: float = Field(0.05, ge=0.0, le=2.0)  # whole-frame cosine distance to the nearest kept frame
-    region: bool = True  # also compare grid cells, so a small new object counts
-    min_region_distance: float = Field(0.2, ge=0.0, le=2.0)  # mean distance of the most-changed cells
-    region_cells: int = Field(3, ge=1, le=64)  # how many of the most-changed cells are averaged
-    neighbours: int = Field(5, ge=1, le=64)  # kept frames compared cell by cell
-    min_interval: Duration = 1.0  # during an event, at most one frame per this many seconds
-    # Target keep rate: > 0 lets the thresholds adapt (slowly, x0.25..x4) so that about this many
-    # frames per hour of capture time are kept, still the most novel; 0 = fixed thresholds.
-    target_per_hour: float = Field(0.0, ge=0.0, le=36000.0)
-    capacity: int = Field(100_000, ge=1)  # kept frames remembered; the oldest are forgotten first
-    forget_after: Duration = 0.0  # forget kept frames older than this ("30d"); 0 = never
-    input: ModelInputConfig = Field(default_factory=ModelInputConfig)
+    enabled: bool = D(True, "keep a candidate only if it is far from every frame kept before")
+    model: str = D("default", "\"default\" (shipped) or a path to an .onnx file")
+    output: str = D("", "tensor to read: a graph output or an internal tensor; \"\" = the first output")
+    grid: tuple[int, int] = D((0, 0), "[cols, rows] of a grid embedding; [0, 0] = from the model")
+    min_distance: float = D(0.05, "whole-frame cosine distance (0..2) to the nearest kept frame that is novel",
+                            ge=0.0, le=2.0)
+    region: bool = D(True, "also compare grid cells, so a small new object counts")
+    min_region_distance: float = D(0.2, "mean distance of the most-changed cells that is novel", ge=0.0, le=2.0)
+    region_cells: int = D(3, "how many of the most-changed cells are averaged", ge=1, le=64)
+    neighbours: int = D(5, "kept frames compared cell by cell", ge=1, le=64)
+    target_per_hour: float = D(0.0, "> 0: the distance thresholds adapt slowly (x0.25..x4) so that about "
+                                    "this many frames are kept per hour of capture time; 0 = fixed",
+                               ge=0.0, le=36000.0)
+    capacity: int = D(100_000, "kept frames remembered; the oldest are forgotten first", ge=1)
+    forget_after: Duration = D(0.0, "forget kept frames older than this (\"30d\"); 0 = never")
+    input: ModelInputConfig = D(ModelInputConfig, "how to feed a bring-your-own model")
 
 
 class GatesConfig(Section):
-    motion_vectors: MotionVectorsConfig = Field(default_factory=MotionVectorsConfig)
-    change: ChangeConfig = Field(default_factory=ChangeConfig)
-    novelty: NoveltyConfig = Field(default_factory=NoveltyConfig)
+    motion_vectors: MotionVectorsConfig = D(MotionVectorsConfig, "the motion-vector gate")
+    change: ChangeConfig = D(ChangeConfig, "the change gate")
+    novelty: NoveltyConfig = D(NoveltyConfig, "the novelty gate")
+
+
+class PacingConfig(Section):
+    min_interval: Duration = D(1.0, "while candidates keep coming, keep at most one frame (the most novel) "
+                                    "per this much capture time")
+    heartbeat: Duration = D(0.0, "when nothing was kept this long, one frame skips the cheap gates and "
+                                 "goes to novelty; 0 = off")
+
+
+class BudgetConfig(Section):
+    max_per_hour: int = D(0, "kept frames per rolling hour; 0 = no cap", ge=0)
+    max_per_day: int = D(0, "kept frames per rolling day; 0 = no cap", ge=0)
+    max_bytes: ByteSize = D(ByteSize(0), "cap on frames/ on disk (\"20GB\"), oldest deleted first; 0 = no cap")
 
 
 class StoreConfig(Section):
-    root: str = ""  # empty: /var/lib/framecull/<camera>
-    quality: int = Field(92, ge=1, le=100)  # JPEG quality of kept frames
-    max_per_hour: int = Field(0, ge=0)  # 0 = no cap
-    max_per_day: int = Field(0, ge=0)  # 0 = no cap
-    max_bytes: ByteSize = ByteSize(0)  # e.g. "20GB"; 0 = no cap
-    heartbeat: Duration = 0.0  # keep a frame when nothing was kept this long; 0 = off
+    root: str = D("", "where frames/, memory.sqlite and status.json live; \"\" = /var/lib/framecull/<camera>")
+    quality: int = D(92, "JPEG quality of kept frames", ge=1, le=100)
 
 
 class ServiceConfig(Section):
-    metrics: str = ""  # e.g. "127.0.0.1:9108"; off when empty
+    metrics: str = D("", "Prometheus endpoint, e.g. \"127.0.0.1:9108\"; off when empty")
 
 
 class Config(Section):
-    camera: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    source: SourceConfig = Field(default_factory=SourceConfig)
-    gates: GatesConfig = Field(default_factory=GatesConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    camera: str = D("default", "names the instance, the stored files and the log lines",
+                    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    source: SourceConfig = D(SourceConfig, "where frames come from")
+    regions: RegionsConfig = D(RegionsConfig, "what every pixel gate ignores")
+    lighting: LightingConfig = D(LightingConfig, "when a change of brightness is a new state")
+    gates: GatesConfig = D(GatesConfig, "the gates, cheapest first")
+    pacing: PacingConfig = D(PacingConfig, "how often frames are kept during events and in quiet times")
+    budget: BudgetConfig = D(BudgetConfig, "caps on what is kept")
+    store: StoreConfig = D(StoreConfig, "where kept frames are written")
+    service: ServiceConfig = D(ServiceConfig, "the daemon's own settings")
 
     @property
     def store_root(self) -> Path:
@@ -225,9 +268,9 @@ def config_from_dict(data: dict, origin: str = "<config>") -> Config:
         raise ConfigError("\n".join(lines)) from None
 
 
-def to_toml(config: Config) -> str:
-    """The effective config as TOML (what check-config prints)."""
-    return _toml_table(config.model_dump(mode="json"), prefix="")
+def to_toml(config: Section, explain: bool = True) -> str:
+    """The effective config as TOML (what check-config prints), each key followed by what it means."""
+    return _toml_table(config, "", explain).lstrip("\n")
 
 
 def _toml_value(value) -> str:
@@ -242,21 +285,25 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def _toml_table(table: dict, prefix: str) -> str:
+def _toml_table(model: Section, prefix: str, explain: bool) -> str:
+    data = model.model_dump(mode="json")
+    fields = type(model).model_fields
     scalars, tables, arrays = [], [], []
-    for key, value in table.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            arrays.append((key, value))
+    for key, value in data.items():
+        attr = getattr(model, key)
+        note = f"  # {fields[key].description}" if explain and fields[key].description else ""
+        if isinstance(attr, Section):
+            tables.append((key, attr, note))
+        elif isinstance(attr, list) and attr and all(isinstance(v, Section) for v in attr):
+            arrays.append((key, attr, note))
         else:
-            scalars.append(f"{key} = {_toml_value(value)}")
+            scalars.append(f"{key} = {_toml_value(value)}{note}")
     out = "\n".join(scalars) + ("\n" if scalars else "")
-    for key, value in tables:
+    for key, table, note in tables:
         name = f"{prefix}{key}"
-        out += f"\n[{name}]\n" + _toml_table(value, prefix=f"{name}.")
-    for key, items in arrays:
+        out += f"\n[{name}]{note}\n" + _toml_table(table, f"{name}.", explain)
+    for key, items, note in arrays:
         name = f"{prefix}{key}"
         for item in items:
-            out += f"\n[[{name}]]\n" + _toml_table(item, prefix=f"{name}.")
+            out += f"\n[[{name}]]{note}\n" + _toml_table(item, f"{name}.", explain)
     return out

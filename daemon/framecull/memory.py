@@ -24,8 +24,15 @@ novelty gate asks for 32). Other embeddings (no grid, or an odd one) are indexed
 search() reports the index's own distances.
 
 Each change commits to SQLite first, then touches the index in memory; the index file is only
-written by save() (and so by close()). A crash at any moment therefore loses nothing that was
-committed: at the next start the index file disagrees with SQLite and is rebuilt from it.
+written by save() (and so by close()), atomically. A crash at any moment therefore loses nothing
+that was committed: at the next start the index file disagrees with SQLite and is rebuilt from it.
+
+After a model change, Memory(..., rebuild=True) opens the old memory and reembed() re-embeds the
+kept frames whose images are still under root, in place (ids, times, light kept), in one
+transaction; the frames the server already pulled away cannot be re-embedded and are forgotten.
+
+This module is the only code that knows the `kept` table: tools that only read it (the report)
+use kept_files(), which needs no model.
 
 Threading: one writer thread owns a Memory (the pipeline's), and only one process opens a root
 at a time. No locks are taken; FAISS runs single-threaded.
@@ -42,13 +49,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sqlite3
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+import cv2
 import faiss
 import numpy as np
+
+from framecull.atomic import write_atomic
+from framecull.frame import analysis_plane
 
 log = logging.getLogger("framecull.memory")
 
@@ -78,9 +88,9 @@ class ModelMismatch(Exception):
 
 
 class Memory:
-    def __init__(self, root: Path, model_sha256: str, dim: int, capacity: int = 100_000,
-                 forget_after: float = 0.0, rebuild: bool = False,
-                 grid: tuple[int, int] | None = None) -> None:
+    def __init__(self, root: Path, model_sha256: str, dim: int, capacity: int, forget_after: float,
+                 rebuild: bool = False, grid: tuple[int, int] | None = None) -> None:
+        """rebuild: open a memory made with another model too; it holds nothing until reembed()."""
         if dim < 1 or capacity < 1 or forget_after < 0:
             raise ValueError("dim and capacity must be positive and forget_after not negative")
         self.root = Path(root)
@@ -100,14 +110,16 @@ class Memory:
         self._db.execute("PRAGMA synchronous=FULL")
         with self._db:
             self._db.executescript(SCHEMA)
-        self._check_model(rebuild)
+        self._stale = self._check_model(rebuild)  # rows of another model, awaiting reembed()
         self._remove_stale_temp_files()
         self._dirty = False
-        self._index = self._load_index()
+        self._index = self._new_index() if self._stale else self._load_index()
 
     # -- opening -------------------------------------------------------------------------
 
-    def _check_model(self, rebuild: bool) -> None:
+    def _check_model(self, rebuild: bool) -> bool:
+        """Record the model in meta; True when the memory is another model's (allowed by rebuild),
+        which stays recorded until reembed() commits."""
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         recorded = meta.get("model_sha256")
         recorded_dim = int(meta.get("dim", 0))
@@ -116,19 +128,16 @@ class Memory:
                 raise ModelMismatch(
                     f"{self.root}: the memory was built with model {recorded} (dim {recorded_dim}), "
                     f"but the configured model is {self.model_sha256} (dim {self.dim}). Embeddings of "
-                    "different models cannot be compared. Run `framecull memory rebuild` to start a new "
-                    "memory for the configured model: it forgets the frames kept so far (their images "
-                    "may already have been pulled away, so their embeddings cannot be recomputed).")
-            count = self._db.execute("SELECT COUNT(*) FROM kept").fetchone()[0]
-            log.warning("%s: rebuilding the memory for model %s: forgetting %d frames kept with model %s",
-                        self.root, self.model_sha256, count, recorded)
-            # the old index first: a crash after this leaves old rows and no index, still consistent
-            self.index_path.unlink(missing_ok=True)
-            with self._db:
-                self._db.execute("DELETE FROM kept")
+                    "different models cannot be compared. Run `framecull memory rebuild` to re-embed "
+                    "the kept frames with the configured model: those whose images are no longer on "
+                    "disk (pulled away) cannot be re-embedded and are forgotten.")
+            return True
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                                 [("schema", "1"), ("model_sha256", self.model_sha256), ("dim", str(self.dim))])
+            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self._meta())
+        return False
+
+    def _meta(self) -> list[tuple[str, str]]:
+        return [("schema", "1"), ("model_sha256", self.model_sha256), ("dim", str(self.dim))]
 
     def _remove_stale_temp_files(self) -> None:
         for path in self.root.glob(INDEX_FILE + ".tmp*"):  # a save() that was interrupted
@@ -228,6 +237,8 @@ class Memory:
     def add(self, vector, time: float, file: str, threshold: float,
             nearest: tuple[int, float] | None, light: float | None = None) -> int:
         """Remember a kept frame; committed to SQLite before it returns. Returns its id."""
+        if self._stale:
+            raise RuntimeError(f"{self.root}: the memory is another model's; reembed() it first")
         # stored as float16; the index gets the same rounded values, so a rebuild changes nothing
         half = self._vector(vector).astype("<f2")
         nearest_id, nearest_distance = (int(nearest[0]), float(nearest[1])) if nearest else (None, None)
@@ -280,19 +291,53 @@ class Memory:
         return len(ids)
 
     def save(self) -> None:
-        """Write the index file atomically (temp file, fsync, rename, fsync the folder)."""
-        if not self._dirty and self.index_path.exists():
+        """Write the index file atomically; on failure (a full disk) the old file stays valid."""
+        if self._stale or (not self._dirty and self.index_path.exists()):
             return
-        temp = self.root / f"{INDEX_FILE}.tmp{os.getpid()}"
-        try:
-            faiss.write_index(self._index, str(temp))
-            _fsync(temp)
-            os.replace(temp, self.index_path)
-        except BaseException:
-            temp.unlink(missing_ok=True)  # e.g. a full disk: the old file stays valid
-            raise
-        _fsync(self.root)
+        write_atomic(self.index_path, lambda temp: faiss.write_index(self._index, str(temp)))
         self._dirty = False
+
+    def reembed(self, embed: Callable[[np.ndarray], np.ndarray], analysis_width: int) -> tuple[int, int]:
+        """Re-embed, with this memory's model, every kept frame another model embedded, from its
+        image under root; returns (re-embedded, forgotten).
+
+        Each row keeps its id, time, file, threshold, nearest and light; a frame whose image is gone
+        is forgotten. A row without a light (a rebuild by an older version lost it) gets it back from
+        its image: the mean of its gray analysis plane, as the novelty gate measures it. One
+        transaction: if interrupted, the memory is as it was."""
+        rows = self._db.execute("SELECT id, file, model, light FROM kept ORDER BY id").fetchall()
+        reembedded, gone = 0, []
+        # the old index first: a crash after this leaves SQLite whole and no index, still consistent
+        self.index_path.unlink(missing_ok=True)
+        with self._db:
+            for row_id, file, model, light in rows:
+                current = model == self.model_sha256
+                if current and light is not None:
+                    continue
+                image = cv2.imread(str(self.root / file)) if file else None
+                if image is None:
+                    if not current:
+                        gone.append(row_id)
+                    continue
+                if light is None:
+                    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+                    light = float(analysis_plane(gray, analysis_width).mean())
+                if current:
+                    self._db.execute("UPDATE kept SET light = ? WHERE id = ?", (light, row_id))
+                    continue
+                blob = self._vector(embed(image)).astype("<f2").tobytes()
+                self._db.execute("UPDATE kept SET embedding = ?, model = ?, light = ? WHERE id = ?",
+                                 (blob, self.model_sha256, light, row_id))
+                reembedded += 1
+            self._db.executemany("DELETE FROM kept WHERE id = ?", [(i,) for i in gone])
+            self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", self._meta())
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL held every new embedding
+        log.info("%s: re-embedded %d kept frames with model %s; forgot %d whose images are gone",
+                 self.root, reembedded, self.model_sha256, len(gone))
+        self._stale = False
+        self._index = self._rebuild_index()
+        self.save()
+        return reembedded, len(gone)
 
     def close(self) -> None:
         if self._db is None:
@@ -335,25 +380,38 @@ class Memory:
         embeddings = np.empty((len(rows), self.dim), dtype=np.float16)
         for n, row in enumerate(rows):
             embeddings[n] = np.frombuffer(row[3], "<f2")
-        path = Path(path)
-        temp = path.with_name(path.name + ".tmp")
-        with open(temp, "wb") as f:
-            np.savez(
-                f,
-                ids=np.array([r[0] for r in rows], dtype=np.int64),
-                times=np.array([r[1] for r in rows], dtype=np.float64),
-                files=np.array([r[2] for r in rows], dtype=str),
-                embeddings=embeddings,
-                thresholds=np.array([r[4] for r in rows], dtype=np.float64),
-                nearest_ids=np.array([-1 if r[5] is None else r[5] for r in rows], dtype=np.int64),
-                nearest_distances=np.array([np.nan if r[6] is None else r[6] for r in rows], dtype=np.float64),
-                model_sha256=np.array(self.model_sha256),
-                dim=np.array(self.dim),
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
+
+        def write(temp: Path) -> None:
+            with open(temp, "wb") as f:  # a file object: given a path, np.savez would append ".npz"
+                np.savez(
+                    f,
+                    ids=np.array([r[0] for r in rows], dtype=np.int64),
+                    times=np.array([r[1] for r in rows], dtype=np.float64),
+                    files=np.array([r[2] for r in rows], dtype=str),
+                    embeddings=embeddings,
+                    thresholds=np.array([r[4] for r in rows], dtype=np.float64),
+                    nearest_ids=np.array([-1 if r[5] is None else r[5] for r in rows], dtype=np.int64),
+                    nearest_distances=np.array([np.nan if r[6] is None else r[6] for r in rows],
+                                               dtype=np.float64),
+                    model_sha256=np.array(self.model_sha256),
+                    dim=np.array(self.dim),
+                )
+
+        write_atomic(path, write)
         return len(rows)
+
+
+def kept_files(root: Path) -> dict[int, str]:
+    """id -> file (relative to root) of every kept frame in root/memory.sqlite, read-only and
+    without the model; {} when there is no memory. sqlite3.Error when it cannot be read."""
+    db = Path(root) / "memory.sqlite"
+    if not db.is_file():
+        return {}
+    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT id, file FROM kept"))
+    finally:
+        conn.close()
 
 
 def _release_freed_memory() -> None:
@@ -368,11 +426,3 @@ def _release_freed_memory() -> None:
 
 def _from_blob(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f2").astype(np.float32)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

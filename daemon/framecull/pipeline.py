@@ -1,4 +1,4 @@
-"""source -> gates in order -> store; one Decision per input frame."""
+"""Gates in order, pacing, heartbeat and budgets: one Decision per input frame."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable
 
-
+from framecull.config import BudgetConfig, Config, PacingConfig
 from framecull.frame import Frame
 from framecull.gates import Gate
 
@@ -18,7 +18,8 @@ class Decision:
     index: int
     timestamp: float
     kept: bool
-    stage: str  # the gate that dropped the frame, the last gate it passed when kept, or "store"
+    stage: str  # the gate that dropped the frame, the last gate it passed when kept, pacing, budget,
+    # heartbeat, or "store" (chosen, but it could not be written)
     scores: dict[str, dict] = field(default_factory=dict)  # gate name -> that gate's scores
     path: str | None = None  # the stored image, when kept
 
@@ -36,7 +37,7 @@ class Decision:
 class Budget:
     """Caps on kept frames per rolling hour and rolling day (0 = no cap)."""
 
-    def __init__(self, per_hour: int = 0, per_day: int = 0) -> None:
+    def __init__(self, per_hour: int, per_day: int) -> None:
         self.per_hour = per_hour
         self.per_day = per_day
         self._times: deque[float] = deque()
@@ -54,53 +55,50 @@ class Budget:
 
 
 class Pipeline:
-    """Runs each frame through the gates, cheapest first, and stores the survivors.
+    """Judges each frame through the gates, cheapest first, and decides what is kept.
 
-    `store` is anything with `save(frame, decision) -> str | None` (None: the write failed and
-    the frame is lost to storage), or None to judge without writing.
+    Keeping is the caller's: `commit(frame, decision) -> bool` stores and remembers a frame the
+    pipeline chose, and says whether it was stored (see framecull.runner, which owns the failure
+    policy). The pipeline never reads a gate's scores: pacing ranks candidates by Verdict.rank.
 
     Event pacing (`min_interval` > 0): while candidates keep coming, at most one frame is kept
-    per `min_interval` seconds of capture time: the first candidate opens a window, the most
-    novel candidate of the window is kept when it closes, the others end at stage "pacing".
+    per `min_interval` seconds of capture time: the first candidate opens a window, the candidate
+    of the window with the highest rank is kept when it closes, the others end at stage "pacing".
     Decisions are held back while a window is open, so they still come out in input order.
 
-    Heartbeat (`heartbeat` > 0): when nothing was kept for that long, one frame skips the
-    cheap gates and goes to the last gate (novelty), so quiet lighting states reach the dataset.
+    Heartbeat (`heartbeat` > 0): when nothing was kept for that long, one frame is judged with
+    the cheap gates' verdicts recorded but not obeyed, so quiet lighting states reach novelty.
+
+    Budgets: at most max_per_hour / max_per_day kept frames per rolling hour / day (stage "budget").
     """
 
-    def __init__(self, gates: list[Gate], store=None, min_interval: float = 0.0,
-                 heartbeat: float = 0.0, budget: Budget | None = None) -> None:
+    def __init__(self, gates: list[Gate], pacing: PacingConfig, budget: BudgetConfig,
+                 commit: Callable[[Frame, Decision], bool]) -> None:
         self.gates = gates
-        self.store = store
-        self.min_interval = min_interval
-        self.heartbeat = heartbeat
-        self.budget = budget
+        self.min_interval = pacing.min_interval
+        self.heartbeat = pacing.heartbeat
+        self.budget = Budget(budget.max_per_hour, budget.max_per_day)
+        self.commit = commit
         self._held: list[Decision] = []
         self._window_end: float | None = None
         self._best: tuple[Frame, Decision, float] | None = None
         self._last_kept: float | None = None
-
-    def run(self, frames: Iterable[Frame]) -> Iterator[Decision]:
-        for frame in frames:
-            yield from self.push(frame)
-        yield from self.flush()
 
     def push(self, frame: Frame) -> list[Decision]:
         """Judge one frame; returns the decisions that are final now, in input order."""
         ready: list[Decision] = []
         if self._window_end is not None and frame.timestamp >= self._window_end:
             ready += self.flush()
-        decision, candidate = self._judge(frame)
-        if candidate and self.min_interval <= 0:
-            self._commit(frame, decision)
-        elif candidate:
+        decision, rank = self._judge(frame)
+        if rank is not None and self.min_interval <= 0:
+            self._keep(frame, decision)
+        elif rank is not None:
             if self._window_end is None:
                 self._window_end = frame.timestamp + self.min_interval
-            score = _novelty_score(decision)
-            if self._best is None or score > self._best[2]:
+            if self._best is None or rank > self._best[2]:
                 if self._best is not None:
                     self._best[1].stage = "pacing"
-                self._best = (frame, decision, score)
+                self._best = (frame, decision, rank)
             else:
                 decision.stage = "pacing"
         if self._window_end is None:
@@ -113,54 +111,46 @@ class Pipeline:
         """Close the pacing window: keep its best candidate, release the held decisions."""
         if self._best is not None:
             frame, decision, _ = self._best
-            self._commit(frame, decision)
+            self._keep(frame, decision)
         ready, self._held = self._held, []
         self._best, self._window_end = None, None
         return ready
 
-    def _judge(self, frame: Frame) -> tuple[Decision, bool]:
+    @property
+    def pending(self) -> bool:
+        """Whether a pacing window is open (decisions held back until flush())."""
+        return self._window_end is not None
+
+    def _judge(self, frame: Frame) -> tuple[Decision, float | None]:
+        """The frame's decision so far, and its rank when it is a candidate (None: dropped)."""
         if self._last_kept is None:
             self._last_kept = frame.timestamp
         heartbeat = self.heartbeat > 0 and frame.timestamp - self._last_kept >= self.heartbeat
         if heartbeat:
             self._last_kept = frame.timestamp  # one attempt per heartbeat period, kept or not
         decision = Decision(frame.index, frame.timestamp, kept=False, stage="source")
-        for position, gate in enumerate(self.gates):
+        rank = 0.0
+        for gate in self.gates:
             verdict = gate.judge(frame)
             decision.scores[gate.name] = verdict.scores
             decision.stage = gate.name
-            last = position == len(self.gates) - 1
-            if not verdict.passed and not (heartbeat and not last):
-                return decision, False
+            if not verdict.passed and not (heartbeat and gate.cheap):
+                return decision, None
+            if verdict.rank is not None:
+                rank = verdict.rank
         if heartbeat:
             decision.stage = "heartbeat"
-        return decision, True
+        return decision, rank
 
-    def _commit(self, frame: Frame, decision: Decision) -> None:
-        if self.budget is not None and not self.budget.allows(frame.timestamp):
+    def _keep(self, frame: Frame, decision: Decision) -> None:
+        if not self.budget.allows(frame.timestamp):
             decision.stage = "budget"
             return
-        path = None
-        if self.store is not None:
-            path = self.store.save(frame, decision)
-            if path is None:
-                decision.stage = "store"
-                return
-        decision.kept, decision.path = True, path
+        if not self.commit(frame, decision):
+            return
+        decision.kept = True
         self._last_kept = frame.timestamp
-        if self.budget is not None:
-            self.budget.record(frame.timestamp)
-        for gate in self.gates:
-            gate.on_kept(frame, path)
-
-    def reset(self) -> None:
-        for gate in self.gates:
-            gate.reset()
-
-    @property
-    def pending(self) -> bool:
-        """Whether a pacing window is open (decisions held back until flush())."""
-        return self._window_end is not None
+        self.budget.record(frame.timestamp)
 
     def save(self) -> None:
         """Save what the gates hold on disk (the novelty memory's index), without closing."""
@@ -172,35 +162,20 @@ class Pipeline:
             gate.close()
 
 
-def _novelty_score(decision: Decision) -> float:
-    """The pacing rank of a candidate: the novelty gate's score, else the changed area."""
-    novelty = decision.scores.get("novelty") or {}
-    if novelty.get("score") is not None:
-        return float(novelty["score"])
-    return float((decision.scores.get("change") or {}).get("changed", 0.0))
-
-
-def build_pipeline(config, store=None, memory_root: Path | None = None, rebuild: bool = False) -> Pipeline:
-    """The configured pipeline: gates cheapest first, pacing, heartbeat and budgets.
-
-    The novelty gate's memory lives in `memory_root` (default: the store root).
-    """
+def build_gates(config: Config, memory_root: Path) -> list[Gate]:
+    """The configured gates, cheapest first; the novelty gate's memory lives in `memory_root`."""
     from framecull.gates.change import ChangeGate
     from framecull.gates.motion import MotionVectorGate
 
     gates: list[Gate] = []
-    mv = config.gates.motion_vectors
-    if mv.enabled:
-        gates.append(MotionVectorGate(mv.min_magnitude, mv.min_area, mv.min_cluster, mv.hold_frames,
-                                      mv.count_intra, regions=config.gates.change))
-    gates.append(ChangeGate(config.gates.change))
+    if config.gates.motion_vectors.enabled:
+        gates.append(MotionVectorGate(config.gates.motion_vectors, config.regions))
+    gates.append(ChangeGate(config.gates.change, config.regions, config.lighting))
     novelty = config.gates.novelty
     if novelty.enabled:
         from framecull.gates.novelty import NoveltyGate, load_embedder, open_memory
 
         embedder = load_embedder(novelty)
-        memory = open_memory(novelty, embedder, memory_root or config.store_root, rebuild)
-        gates.append(NoveltyGate(novelty, embedder, memory, light_change=config.gates.change.light_change))
-    budget = Budget(config.store.max_per_hour, config.store.max_per_day)
-    return Pipeline(gates, store, min_interval=novelty.min_interval,
-                    heartbeat=config.store.heartbeat, budget=budget)
+        memory = open_memory(novelty, embedder, memory_root)
+        gates.append(NoveltyGate(novelty, config.lighting, embedder, memory))
+    return gates

@@ -23,10 +23,13 @@ import numpy as np
 
 from framecull.config import Config, load_config
 from framecull.frame import Frame
-from framecull.gates.change import ChangeGate, ChangeMeasure, valid_mask
+from framecull.gates.change import ChangeGate, ChangeMeasure
 from framecull.gates.motion import MotionVectorGate
+from framecull.gates.novelty import NoveltyGate
 from framecull.motion_vectors import BLOCK, INTRA
-from framecull.pipeline import Decision, build_pipeline
+from framecull.pipeline import Decision
+from framecull.regions import valid_mask
+from framecull.runner import Runner
 from framecull.sources import Source, iter_frames
 
 MASKED = (255, 0, 255)  # BGR
@@ -45,13 +48,13 @@ def render(frame: Frame, config: Config, measure: ChangeMeasure, decision: Decis
     zoom = max(1, -(-640 // w))  # at least 640 pixels wide
     image = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     image = cv2.resize(image, (w * zoom, h * zoom), interpolation=cv2.INTER_NEAREST)
-    cc = config.gates.change
-
-    invalid = cv2.resize(valid_mask((h, w), cc), (w * zoom, h * zoom), interpolation=cv2.INTER_NEAREST) == 0
+    regions = config.regions
+    invalid = cv2.resize(valid_mask((h, w), regions, grow=config.gates.change.blur), (w * zoom, h * zoom),
+                         interpolation=cv2.INTER_NEAREST) == 0
     tint = image.copy()
     tint[invalid] = MASKED
     image = cv2.addWeighted(tint, 0.45, image, 0.55, 0)
-    for mask in cc.masks:  # outlines and names, so a polygon typed in the wrong place is obvious
+    for mask in regions.masks:  # outlines and names, so a polygon typed in the wrong place is obvious
         points = np.round([[x * (w - 1) * zoom, y * (h - 1) * zoom] for x, y in mask.polygon]).astype(np.int32)
         cv2.polylines(image, [points], True, MASKED, 2)
         x, y = points.min(axis=0)
@@ -85,17 +88,17 @@ def render(frame: Frame, config: Config, measure: ChangeMeasure, decision: Decis
 def _lines(config: Config, measure: ChangeMeasure, decision: Decision) -> list[str]:
     verdict = f"KEPT ({decision.stage})" if decision.kept else f"DROPPED at {decision.stage}"
     lines = [f"frame {decision.index}  t={decision.timestamp:.2f}  {verdict}"]
-    mv = decision.scores.get("motion_vectors")
+    mv = decision.scores.get(MotionVectorGate.name)
     if mv is not None:
         lines.append("motion: unknown (no vectors)" if mv.get("unknown") else
                      f"motion: moving {mv['moving']:.4f} (min {config.gates.motion_vectors.min_area:g}), "
                      f"{mv['blocks']} blocks, {mv['clusters']} clusters" + (f", hold {mv['hold']}" if "hold" in mv else ""))
     cc = config.gates.change
-    if "change" in decision.scores:
+    if ChangeGate.name in decision.scores:
         lines.append(f"change: {measure.changed:.4f} (min {cc.min_changed:g}), grey threshold {measure.threshold:.1f}, "
                      f"noise {measure.noise:.2f}, {len(measure.contours)} contours + {len(measure.small)} small, "
                      f"light {measure.light:+.3f}" + ("  (first frame)" if measure.first else ""))
-    novelty = decision.scores.get("novelty")
+    novelty = decision.scores.get(NoveltyGate.name)
     if novelty is not None:
         nov = config.gates.novelty
         if novelty.get("distance") is None:
@@ -129,10 +132,10 @@ def preview(config: Config, source: Source, out: Path, every: int = 0, count: in
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     waiting: dict[int, tuple] = {}  # frames sampled, until their decision comes out
-    with tempfile.TemporaryDirectory(prefix="framecull-preview-") as root:
-        pipeline = build_pipeline(config, None, memory_root=Path(root))
-        change = next(g for g in pipeline.gates if isinstance(g, ChangeGate))
-        motion = next((g for g in pipeline.gates if isinstance(g, MotionVectorGate)), None)
+    with tempfile.TemporaryDirectory(prefix="framecull-preview-") as root, \
+            Runner(config, Path(root), write=False) as runner:
+        change = next(g for g in runner.pipeline.gates if isinstance(g, ChangeGate))
+        motion = next((g for g in runner.pipeline.gates if isinstance(g, MotionVectorGate)), None)
 
         def write(decisions: list[Decision]) -> None:
             for d in decisions:
@@ -148,16 +151,15 @@ def preview(config: Config, source: Source, out: Path, every: int = 0, count: in
                     break
                 sampled = n % every == 0
                 measure = change.measure(frame)[0] if sampled else None
-                ready = pipeline.push(frame)
+                ready = runner.push(frame)
                 if sampled:
                     moving = None
                     if motion is not None and frame.motion_vectors is not None:
                         moving = motion.moving_blocks(frame.motion_vectors)[0]
                     waiting[frame.index] = (frame, measure, moving)
                 write(ready)
-            write(pipeline.flush())
+            write(runner.flush())
         finally:
-            pipeline.close()
             source.close()
     return written
 

@@ -1,7 +1,7 @@
 """`framecull probe SOURCE`: read a source for a few seconds and say what it delivers.
 
 The first thing to run on a new camera: resolution, the frame rate really measured, whether
-motion vectors come with the frames, frames dropped, and how many frames the default change
+motion vectors come with the frames, frames dropped, and how many frames the configured change
 gate would pass (a quiet scene should pass few).
 """
 
@@ -13,10 +13,9 @@ import time
 
 import numpy as np
 
-from framecull.config import ChangeConfig, Config
+from framecull.config import Config
 from framecull.gates.change import ChangeGate
 from framecull.sources import Source
-from framecull.sources.live import LiveSource
 from framecull.sources.synthetic import SCENES
 
 
@@ -36,16 +35,17 @@ def kind_for_uri(uri: str) -> str:
     return "file"  # a missing file is then reported as such
 
 
-def probe(source: Source, seconds: float = 5.0, change: ChangeConfig | None = None) -> dict:
+def probe(source: Source, seconds: float = 5.0, config: Config | None = None) -> dict:
     """Read `source` for at most `seconds` of wall time; closes it. A camera that delivers
-    nothing ends the probe on time too."""
-    gate = ChangeGate(change or Config().gates.change)
+    nothing ends the probe on time too. The change gate is `config`'s (default: Config())."""
+    config = config or Config()
+    gate = ChangeGate(config.gates.change, config.regions, config.lighting)
     frames = with_vectors = passed = 0
     previous = None
     size = analysis = None
     changed, periods = [], []
     # A live source's frames() blocks while its camera is silent: close it when time is up.
-    timer = threading.Timer(seconds, source.close) if isinstance(source, LiveSource) else None
+    timer = threading.Timer(seconds, source.close) if source.live else None
     started = time.monotonic()
     try:
         if timer is not None:
@@ -88,7 +88,7 @@ def probe(source: Source, seconds: float = 5.0, change: ChangeConfig | None = No
         "change_pass_fraction": round(passed / frames, 3) if frames else 0.0,
         "change_median": round(float(np.median(changed)), 6) if changed else None,
     }
-    if isinstance(source, LiveSource):
+    if source.live:
         counters = source.counters
         report |= {"dropped": counters.dropped, "reconnects": counters.reconnects,
                    "last_error": counters.last_error}

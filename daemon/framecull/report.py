@@ -20,7 +20,14 @@ from pathlib import Path
 
 import cv2
 
-STAGES = ["motion_vectors", "change", "novelty", "pacing", "budget"]  # the order a frame meets them
+from framecull.atomic import write_atomic
+from framecull.gates.change import ChangeGate
+from framecull.gates.motion import MotionVectorGate
+from framecull.gates.novelty import NoveltyGate
+from framecull.memory import kept_files
+
+CHANGE, NOVELTY = ChangeGate.name, NoveltyGate.name
+STAGES = [MotionVectorGate.name, CHANGE, NOVELTY, "pacing", "budget"]  # the order a frame meets them
 THUMB_WIDTH = 240
 PLOT_WIDTH, PLOT_HEIGHT, PAD = 1000, 110, 40  # one SVG panel, in SVG units
 MAX_COLUMNS = PLOT_WIDTH  # long runs are reduced to one value (the max) per column
@@ -70,7 +77,7 @@ def stage_counts(decisions: list[dict]) -> dict[str, int]:
     dropped = Counter(d["stage"] for d in decisions if not d["kept"] and d["stage"] != "store")
     counts = {"frames in": len(decisions)}
     for stage in STAGES + sorted(set(dropped) - set(STAGES)):
-        if dropped.get(stage) or stage in ("change", "novelty"):
+        if dropped.get(stage) or stage in (CHANGE, NOVELTY):
             counts[f"dropped at {stage}"] = dropped.get(stage, 0)
     counts["kept"] = sum(bool(d["kept"]) for d in decisions)
     counts["lost to storage"] = sum(1 for d in decisions if not d["kept"] and d["stage"] == "store")
@@ -114,12 +121,10 @@ def timeline_svg(decisions: list[dict]) -> str:
         return ""
     t0, t1 = decisions[0]["timestamp"], decisions[-1]["timestamp"]
     span = t1 - t0
-    first = {d["index"] for d in decisions if (d.get("scores") or {}).get("change", {}).get("first")}
+    first = {d["index"] for d in decisions if (d.get("scores") or {}).get(CHANGE, {}).get("first")}
     changed = _columns(decisions, t0, span,
-                       lambda d: None if d["index"] in first else _score(d, "change", "changed"))
-    # The first frame's novelty score is a sentinel (1e9: nothing to compare with); leave it out.
-    novelty = _columns(decisions, t0, span,
-                       lambda d: s if (s := _score(d, "novelty", "score")) is not None and s < 1e8 else None)
+                       lambda d: None if d["index"] in first else _score(d, CHANGE, "changed"))
+    novelty = _columns(decisions, t0, span, lambda d: _score(d, NOVELTY, "score"))
     height = 2 * PLOT_HEIGHT + 3 * 20 + 20
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {PLOT_WIDTH + 2 * PAD} {height}" '
              f'role="img" aria-label="scores over time">',
@@ -174,15 +179,13 @@ def memory_ids(kept: list[dict], frames_dir: Path | None) -> dict[int, int]:
     taken as 1, 2, ... in keeping order, which holds when the run started with an empty memory
     (its first kept frame had no nearest neighbour)."""
     by_name = {Path(d["path"]).name: d["index"] for d in kept if d.get("path")}
-    db = frames_dir.parent / "memory.sqlite" if frames_dir else None
-    if db is not None and db.is_file():
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                rows = conn.execute("SELECT id, file FROM kept").fetchall()
-            return {i: by_name[Path(f).name] for i, f in rows if Path(f).name in by_name}
-        except sqlite3.Error:
-            pass
-    if kept and (kept[0].get("scores") or {}).get("novelty", {}).get("nearest", 0) is None:
+    try:
+        files = kept_files(frames_dir.parent) if frames_dir else {}
+    except sqlite3.Error:
+        files = {}
+    if files:
+        return {i: by_name[Path(f).name] for i, f in files.items() if Path(f).name in by_name}
+    if kept and (kept[0].get("scores") or {}).get(NOVELTY, {}).get("nearest", 0) is None:
         return {k + 1: d["index"] for k, d in enumerate(kept)}
     return {}
 
@@ -194,7 +197,7 @@ def _figure(d: dict, t0: float, images: dict[str, Path], ids: dict[int, int]) ->
     name = html.escape(Path(d["path"]).name) if d.get("path") else "no path recorded"
     picture = (f'<img class="thumb" src="{uri}" alt="frame {index}" title="{name}">' if uri
                else '<div class="missing">image not found</div>')
-    novelty = (d.get("scores") or {}).get("novelty", {})
+    novelty = (d.get("scores") or {}).get(NOVELTY, {})
     nearest = novelty.get("nearest")
     if nearest is None:
         near = "none (first in memory)" if "nearest" in novelty else "–"
@@ -205,8 +208,8 @@ def _figure(d: dict, t0: float, images: dict[str, Path], ids: dict[int, int]) ->
     lines = [
         f"<b>frame {index}</b> · {d['timestamp'] - t0:.1f} s · {html.escape(d['stage'])}",
         f'<span class="muted">{_utc(d["timestamp"])}</span>',
-        f"change {_fmt(_score(d, 'change', 'changed'))} · novelty distance {_fmt(_score(d, 'novelty', 'distance'))}"
-        f" · region {_fmt(_score(d, 'novelty', 'region'))} · score {_fmt(_score(d, 'novelty', 'score'))}",
+        f"change {_fmt(_score(d, CHANGE, 'changed'))} · novelty distance {_fmt(_score(d, NOVELTY, 'distance'))}"
+        f" · region {_fmt(_score(d, NOVELTY, 'region'))} · score {_fmt(_score(d, NOVELTY, 'score'))}",
         f"nearest kept: {near}",
         f'<span class="muted">{name}</span>',
     ]
@@ -246,9 +249,7 @@ def write_report(decisions: list[dict], frames_dir: Path | None, out: Path, titl
     """Write the report page for these decisions (dicts as in decisions.jsonl); returns its path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(decisions, Path(frames_dir) if frames_dir else None, title), encoding="utf-8")
-    tmp.replace(out)
+    write_atomic(out, render(decisions, Path(frames_dir) if frames_dir else None, title))
     return out
 
 

@@ -4,9 +4,11 @@
 <root>/frames/YYYY-MM-DD/<camera>_<UTC time>_<seq>.json  its sidecar
 <root>/tmp/                                             files being written (never pulled)
 
-Each file is written to tmp/ on the same filesystem, fsynced, then renamed into frames/, so
-an rsync of frames/ at any moment sees whole files only. The sidecar is renamed in before
-its image, so every image a puller sees has its sidecar.
+Each file is written to tmp/ on the same filesystem, fsynced, then renamed into frames/
+(framecull.atomic), so an rsync of frames/ at any moment sees whole files only. The sidecar is
+renamed in before its image, so every image a puller sees has its sidecar. A frame that cannot
+be written raises StoreError and leaves nothing of itself in frames/; counting and logging such
+failures is the caller's business.
 
 With `max_bytes`, when frames/ grows past the cap the oldest image+sidecar pairs are deleted
 (image first, so no image is ever left without its sidecar) until it is back under 95% of the
@@ -17,29 +19,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 
+from framecull.atomic import write_atomic
 from framecull.frame import Frame
 
 log = logging.getLogger("framecull.store")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class StoreError(Exception):
+    """A kept frame could not be written (disk full, read-only, not encodable); the cause is chained."""
 
 
 class Store:
-    def __init__(self, root: str | Path, camera: str, quality: int = 92, config_hash: str = "",
-                 max_bytes: int = 0) -> None:
+    def __init__(self, root: str | Path, camera: str, quality: int, config_hash: str, max_bytes: int) -> None:
         self.root = Path(root)
         self.frames_dir = self.root / "frames"
         self.tmp_dir = self.root / "tmp"
@@ -47,19 +43,17 @@ class Store:
         self.quality = quality
         self.config_hash = config_hash
         self.saved = 0
-        self.lost = 0  # kept frames that could not be written (disk full, read-only, ...)
         self._seq = 0
-        self._last_error = 0.0
-        self.max_bytes = max_bytes
+        self.max_bytes = max_bytes  # 0 = no cap
         self.deleted = 0  # old frames deleted to stay under max_bytes
         self._clean_tmp()
         self._bytes = self._measure() if max_bytes else 0
 
     @classmethod
-    def from_config(cls, config, root: Path | None = None) -> "Store":
+    def from_config(cls, config, root: str | Path | None = None) -> "Store":
         """The store the per-camera config describes, at `root` (default: its store root)."""
-        return cls(root or config.store_root, config.camera, config.store.quality, config.digest(),
-                   int(config.store.max_bytes))
+        return cls(config.store_root if root is None else root, config.camera, config.store.quality,
+                   config.digest(), int(config.budget.max_bytes))
 
     def _clean_tmp(self) -> None:
         """Leftovers of a crash: anything in tmp/ is partial by definition, and a sidecar whose
@@ -72,20 +66,8 @@ class Store:
             except OSError as exc:
                 log.warning("cannot remove leftover %s: %s", leftover, exc)
 
-    def _write_atomic(self, data: bytes, target: Path) -> None:
-        tmp = self.tmp_dir / f"{target.name}.{os.getpid()}.partial"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-    def save(self, frame: Frame, decision) -> str | None:
-        """Store one kept frame; returns the image path, or None when it could not be written."""
+    def save(self, frame: Frame, decision) -> str:
+        """Store one kept frame; returns the image path. StoreError when it could not be written."""
         when = datetime.fromtimestamp(frame.timestamp, timezone.utc)
         day_dir = self.frames_dir / when.strftime("%Y-%m-%d")
         while True:  # the sequence restarts with the process: never overwrite an earlier run's frame
@@ -94,43 +76,46 @@ class Store:
             image_path, sidecar_path = day_dir / f"{stem}.jpg", day_dir / f"{stem}.json"
             if not (image_path.exists() or sidecar_path.exists()):
                 break
-        sidecar = {
-            "camera": self.camera,
-            "time": when.isoformat().replace("+00:00", "Z"),
-            "timestamp": frame.timestamp,
-            "index": frame.index,
-            "image": image_path.name,
-            "width": frame.image.shape[1],
-            "height": frame.image.shape[0],
-            "stage": decision.stage,
-            "scores": decision.scores,
-            "config": self.config_hash,
-        }
         try:
             ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             if not ok:
                 raise ValueError("JPEG encoding failed")
+            sidecar = json.dumps({
+                "camera": self.camera,
+                "time": when.isoformat().replace("+00:00", "Z"),
+                "timestamp": frame.timestamp,
+                "index": frame.index,
+                "image": image_path.name,
+                "width": frame.image.shape[1],
+                "height": frame.image.shape[0],
+                "stage": decision.stage,
+                "scores": decision.scores,
+                "config": self.config_hash,
+            }, indent=1).encode()
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             day_dir.mkdir(parents=True, exist_ok=True)
-            self._write_atomic(json.dumps(sidecar, indent=1).encode(), sidecar_path)
+            write_atomic(sidecar_path, sidecar, temp_dir=self.tmp_dir)
             try:
-                self._write_atomic(jpeg.tobytes(), image_path)
+                write_atomic(image_path, jpeg.tobytes(), temp_dir=self.tmp_dir)
             except BaseException:
                 sidecar_path.unlink(missing_ok=True)
                 raise
-            _fsync_dir(day_dir)
-        except (OSError, ValueError) as exc:
-            self.lost += 1
-            self._log_error(f"frame {frame.index} lost to storage ({self.lost} lost so far): {exc}")
-            return None
+        except (OSError, ValueError, cv2.error) as exc:
+            raise StoreError(f"frame {frame.index} ({image_path.name}) not stored: {exc}") from exc
         self.saved += 1
         if self.max_bytes:
-            self._bytes += len(jpeg) + sidecar_path.stat().st_size
+            self._bytes += len(jpeg) + len(sidecar)
             self._enforce_cap()
         return str(image_path)
 
     def _measure(self) -> int:
-        return sum(p.stat().st_size for p in self.frames_dir.glob("*/*") if p.is_file())
+        total = 0
+        for path in self.frames_dir.glob("*/*"):
+            try:
+                total += path.stat().st_size if path.is_file() else 0
+            except FileNotFoundError:  # the puller took it meanwhile
+                pass
+        return total
 
     def _enforce_cap(self) -> None:
         if self._bytes <= self.max_bytes:
@@ -156,10 +141,3 @@ class Store:
                 day.rmdir()
         self.deleted += deleted
         log.info("deleted the %d oldest frames to keep frames/ under %d bytes", deleted, self.max_bytes)
-
-    def _log_error(self, message: str) -> None:
-        # A full disk fails every write; one line a minute is enough for the journal.
-        now = time.monotonic()
-        if now - self._last_error >= 60.0 or self.lost == 1:
-            log.error(message)
-            self._last_error = now

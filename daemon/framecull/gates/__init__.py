@@ -1,9 +1,15 @@
 """Gates: each answers one question about a frame and knows nothing of the others.
 
-A gate has a `name` (the stage written in decisions) and `judge(frame) -> Verdict`.
-`on_kept(frame, path)` tells it the pipeline stored the frame (the novelty gate remembers only
-what was really kept); `reset()` forgets per-stream state such as a reference frame;
-`save()` writes what it holds to disk and `close()` releases it (the novelty gate's index).
+A gate has a `name` (the stage written in decisions), declares the keys of its scores once
+(`score_keys`: key -> meaning; reports, preview and calibrate read them from there) and judges
+a frame with `judge(frame) -> Verdict`. A Verdict carries what pacing needs: `rank`, how far
+past its bar a candidate is (the pipeline keeps the candidate with the highest rank of the last
+gate that ranks), so the pipeline never reads a gate's scores.
+
+`cheap` gates are skipped by a heartbeat frame (their verdict is recorded, not obeyed), which
+goes on to the gates that decide novelty. `on_kept(frame, path)` tells a gate the frame was
+stored (the novelty gate remembers only what was really kept); `save()` writes what it holds to
+disk and `close()` releases it (the novelty gate's memory).
 """
 
 from __future__ import annotations
@@ -16,19 +22,19 @@ from framecull.frame import Frame
 @dataclass
 class Verdict:
     passed: bool
-    scores: dict[str, float | int | str | None] = field(default_factory=dict)
+    scores: dict[str, float | int | str | bool | None] = field(default_factory=dict)
+    rank: float | None = None  # how strongly it passed (larger: more worth keeping); None: not ranked
 
 
 class Gate:
     name = "gate"
+    cheap = True
+    score_keys: dict[str, str] = {}
 
     def judge(self, frame: Frame) -> Verdict:
         raise NotImplementedError
 
     def on_kept(self, frame: Frame, path: str | None) -> None:
-        pass
-
-    def reset(self) -> None:
         pass
 
     def save(self) -> None:

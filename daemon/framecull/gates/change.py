@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from framecull.config import ChangeConfig
+from framecull.config import ChangeConfig, LightingConfig, RegionsConfig
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
+from framecull.lighting import lighting_change
+from framecull.regions import valid_mask
 
 # Robust spread (IQR / 1.349) of an ordinary daylight scene, in grey levels. The configured
 # threshold applies at this contrast; flatter scenes (night, fog) get a proportionally lower one.
@@ -37,27 +39,6 @@ _KERNEL3 = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
 SHAKE = 1 / 160
 
 
-def valid_mask(shape: tuple[int, int], cfg: ChangeConfig) -> np.ndarray:
-    """uint8 plane, 255 where a pixel may count as change: inside the border crop, outside masks.
-
-    Masks are grown by the blur radius so that changes inside a mask (a clock) cannot
-    bleed into the counted pixels through the blur.
-    """
-    h, w = shape
-    top, right, bottom, left = cfg.border
-    masked = np.full((h, w), 255, np.uint8)
-    y0, y1 = round(top * h), h - round(bottom * h)
-    x0, x1 = round(left * w), w - round(right * w)
-    masked[y0:y1, x0:x1] = 0
-    for mask in cfg.masks:
-        points = np.array([[x * (w - 1), y * (h - 1)] for x, y in mask.polygon], np.float32)
-        cv2.fillPoly(masked, [np.round(points).astype(np.int32)], 255)
-    if cfg.blur > 1 and masked.any():
-        grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.blur, cfg.blur))
-        masked = cv2.dilate(masked, grow)
-    return cv2.bitwise_not(masked)
-
-
 def _cdf(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
     hist = cv2.calcHist([image], [0], valid, [256], [0, 256]).ravel()
     cdf = np.cumsum(hist)
@@ -71,16 +52,6 @@ def _match_lut(cdf_cur: np.ndarray, cdf_ref: np.ndarray) -> np.ndarray:
     ranks = np.concatenate(([0.0], cdf_ref))
     levels = np.arange(-0.5, 256.0, 1.0)
     return np.interp(mid, ranks, levels).astype(np.float32)
-
-
-# Below this mean grey level a scene is simply dark: the ratio of two near-black means is noise.
-DARKEST_MEAN = 10.0
-
-
-def lighting_change(mean: float, reference_mean: float) -> float:
-    """How far a mean grey level moved from the reference's, as a ratio either way, minus 1."""
-    low, high = sorted((max(mean, DARKEST_MEAN), max(reference_mean, DARKEST_MEAN)))
-    return high / low - 1.0
 
 
 def _spread(cdf: np.ndarray) -> float:
@@ -101,22 +72,28 @@ class ChangeMeasure:
 
 class ChangeGate(Gate):
     name = "change"
+    score_keys = {
+        "changed": "fraction of the frame covered by changed areas that count",
+        "threshold": "grey-level threshold in force (adapted to noise and contrast)",
+        "noise": "noise sigma of the difference to the reference, in grey levels",
+        "contours": "changed areas that count",
+        "light": "change of mean brightness against the reference (a ratio, minus 1)",
+        "first": "true for the first frame (no reference yet)",
+    }
 
-    def __init__(self, cfg: ChangeConfig) -> None:
+    def __init__(self, cfg: ChangeConfig, regions: RegionsConfig, lighting: LightingConfig) -> None:
         self.cfg = cfg
+        self.regions = regions
+        self.light_change = lighting.min_change
         self._valid: np.ndarray | None = None
         self._ref: np.ndarray | None = None  # float32 blurred reference
         self._ref_cdf: np.ndarray | None = None
         self._ref_spread = NORMAL_CONTRAST
         self._ref_mean = 0.0
 
-    def reset(self) -> None:
-        self._ref = None
-        self._ref_cdf = None
-
     def _prepare(self, gray: np.ndarray) -> np.ndarray:
         if self._valid is None or self._valid.shape != gray.shape:
-            self._valid = valid_mask(gray.shape, self.cfg)
+            self._valid = valid_mask(gray.shape, self.regions, grow=self.cfg.blur)
             radius = max(1, round(SHAKE * gray.shape[1]))
             self._shake = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
             self._ref = None
@@ -168,7 +145,7 @@ class ChangeGate(Gate):
 
     def judge(self, frame: Frame) -> Verdict:
         m, blurred = self.measure(frame)
-        light_step = 0 < self.cfg.light_change <= m.light
+        light_step = 0 < self.light_change <= m.light
         passed = m.first or m.changed >= self.cfg.min_changed or light_step
         reference = self.cfg.reference
         if m.first or reference == "previous" or (passed and reference == "last_judged"):
@@ -185,4 +162,4 @@ class ChangeGate(Gate):
         }
         if m.first:
             scores["first"] = True
-        return Verdict(passed, scores)
+        return Verdict(passed, scores, rank=m.changed)

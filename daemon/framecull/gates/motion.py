@@ -6,7 +6,7 @@ Per frame, on the 16x16 macroblock grid, with no pixel work at all:
   frame: new content, e.g. something appearing)
   -> keep a moving block only when a neighbour (8-connected) moves the same way: sensor noise
      gives vectors too, but scattered ones that point anywhere
-  -> drop blocks not wholly inside the border crop and outside the masks of [gates.change]
+  -> drop blocks not wholly inside the border crop and outside the masks of [regions]
   -> drop clusters of fewer than min_cluster blocks
   -> motion when the remaining blocks cover min_area of the frame.
 
@@ -22,10 +22,10 @@ import logging
 import cv2
 import numpy as np
 
-from framecull.config import ChangeConfig
+from framecull.config import MotionVectorsConfig, RegionsConfig
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
-from framecull.gates.change import valid_mask
+from framecull.regions import any_region, valid_mask
 from framecull.motion_vectors import BLOCK, INTRA, MOTION_VECTOR_DTYPE
 
 log = logging.getLogger("framecull.gate.motion_vectors")
@@ -51,33 +51,24 @@ def _picture_size(vectors: np.ndarray, analysis_shape: tuple[int, int]) -> tuple
 class MotionVectorGate(Gate):
     name = "motion_vectors"
 
-    def __init__(
-        self,
-        min_magnitude: float = 1.0,
-        min_area: float = 0.002,
-        min_cluster: int = 2,
-        hold_frames: int = 5,
-        count_intra: bool = True,
-        regions: ChangeConfig | None = None,
-    ) -> None:
-        """`regions`: the config whose `border` and `masks` apply (those of [gates.change])."""
-        if not 0.0 <= min_magnitude <= 64.0:
-            raise ValueError(f"min_magnitude must be in [0, 64] pixels, got {min_magnitude}")
-        if not 0.0 <= min_area <= 1.0:
-            raise ValueError(f"min_area must be a fraction of the frame in [0, 1], got {min_area}")
-        if not 2 <= min_cluster <= 1000:
-            raise ValueError(f"min_cluster must be in [2, 1000] blocks (a lone block never counts), got {min_cluster}")
-        if not 0 <= hold_frames <= 10_000:
-            raise ValueError(f"hold_frames must be in [0, 10000], got {hold_frames}")
-        self.min_magnitude = min_magnitude
-        self.min_area = min_area
-        self.min_cluster = min_cluster
-        self.hold_frames = hold_frames
-        self.count_intra = count_intra
+    score_keys = {
+        "unknown": "true when the frame has no motion vectors (key frame, or a source without them)",
+        "moving": "fraction of the frame covered by blocks that count as moving",
+        "blocks": "blocks that count as moving",
+        "clusters": "clusters of moving blocks",
+        "hold": "frames since motion stopped, while they are still passed",
+    }
+
+    def __init__(self, cfg: MotionVectorsConfig, regions: RegionsConfig) -> None:
+        self.min_magnitude = cfg.min_magnitude
+        self.min_area = cfg.min_area
+        self.min_cluster = cfg.min_cluster
+        self.hold_frames = cfg.hold_frames
+        self.count_intra = cfg.count_intra
         self.regions = regions
         self._valid: np.ndarray | None = None  # uint8 per block: 255 where it may count as motion
         # Masks are drawn on the picture, whose height (1080) the padded block grid (1088) hides.
-        self._needs_picture_size = regions is not None and bool(regions.masks or any(regions.border))
+        self._needs_picture_size = any_region(regions)
         self._grid: tuple[int, int] | None = None
         self._picture_size: tuple[int, int] | None = None  # (height, width) in pixels
         self._hold = 0  # frames still passed after the last motion
@@ -85,22 +76,16 @@ class MotionVectorGate(Gate):
         self._unknown_run = 0
         self._told_no_vectors = False
 
-    def reset(self) -> None:
-        self._hold = 0
-
     def _valid_blocks(self, rows: int, cols: int) -> np.ndarray:
         if self._valid is None or self._valid.shape != (rows, cols):
-            if self.regions is None:
-                self._valid = np.full((rows, cols), 255, np.uint8)
-            else:
-                # Drawn on the picture, then padded to whole macroblocks (1080 -> 1088 rows): the
-                # picture's height is the grid's width times the analysis plane's aspect.
-                height, width = self._picture_size or (rows * BLOCK, cols * BLOCK)
-                pixels = np.full((rows * BLOCK, cols * BLOCK), 255, np.uint8)
-                pixels[:height, :width] = valid_mask((height, width), self.regions)[: rows * BLOCK, : cols * BLOCK]
-                # A block counts only when all its pixels may count: motion inside a mask
-                # (a clock) must not leak through the blocks along the mask's edge.
-                self._valid = pixels.reshape(rows, BLOCK, cols, BLOCK).min(axis=(1, 3))
+            # Drawn on the picture, then padded to whole macroblocks (1080 -> 1088 rows): the
+            # picture's height is the grid's width times the analysis plane's aspect.
+            height, width = self._picture_size or (rows * BLOCK, cols * BLOCK)
+            pixels = np.full((rows * BLOCK, cols * BLOCK), 255, np.uint8)
+            pixels[:height, :width] = valid_mask((height, width), self.regions)[: rows * BLOCK, : cols * BLOCK]
+            # A block counts only when all its pixels may count: motion inside a mask
+            # (a clock) must not leak through the blocks along the mask's edge.
+            self._valid = pixels.reshape(rows, BLOCK, cols, BLOCK).min(axis=(1, 3))
         return self._valid
 
     def moving_blocks(self, vectors: np.ndarray) -> tuple[np.ndarray, int]:

@@ -7,7 +7,7 @@ frame is novel when either
     distance of its `region_cells` most-changed grid cells exceeds `min_region_distance`:
     a new car in one bay of a large lot barely moves the whole vector but changes a few cells.
     Averaging several cells keeps one noisy cell from making a frame novel, or
-  - its mean grey level differs by more than `light_change` (a ratio) from every one of the
+  - its mean grey level differs by more than [lighting] min_change (a ratio) from every one of the
     nearest kept frames: the default model ignores brightness (so flicker and auto-exposure make
     no duplicates), yet a new lighting state of the same scene is worth one frame.
 
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from framecull.config import ConfigError, NoveltyConfig
+from framecull.config import ConfigError, LightingConfig, NoveltyConfig
 from framecull.embedder import Embedder, ModelSpec, cell_distances, default_model_spec
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
-from framecull.gates.change import lighting_change
+from framecull.lighting import lighting_change
 from framecull.memory import Memory, ModelMismatch
 
 PENDING_LIMIT = 256  # embeddings of recent candidates awaiting the pacing decision
@@ -116,10 +116,21 @@ def top_cells_mean(distances: np.ndarray, count: int) -> float:
 
 class NoveltyGate(Gate):
     name = "novelty"
+    cheap = False
+    score_keys = {
+        "distance": "whole-frame cosine distance to the nearest kept frame (none: nothing kept yet)",
+        "region": "mean distance of the most-changed grid cells to the nearest kept frames",
+        "light": "brightness change against the nearest kept frames (a ratio, minus 1)",
+        "nearest": "memory id of the nearest kept frame",
+        "score": "how far past its threshold the strongest measure is (1 = at the threshold)",
+        "factor": "target keep rate: the factor on the distance thresholds",
+        "min_distance": "target keep rate: the min_distance in force",
+        "min_region_distance": "target keep rate: the min_region_distance in force",
+    }
 
-    def __init__(self, cfg: NoveltyConfig, embedder: Embedder, memory: Memory, light_change: float = 0.0) -> None:
+    def __init__(self, cfg: NoveltyConfig, lighting: LightingConfig, embedder: Embedder, memory: Memory) -> None:
         self.cfg = cfg
-        self.light_change = light_change
+        self.light_change = lighting.min_change
         self.embedder = embedder
         self.memory = memory
         self._pending: dict[int, tuple[np.ndarray, tuple[int, float] | None, float]] = {}
@@ -142,8 +153,8 @@ class NoveltyGate(Gate):
         neighbours = self.memory.search(vector, k=max(self.cfg.neighbours, LIGHT_NEIGHBOURS))
         self._remember_pending(frame.index, vector, neighbours[0] if neighbours else None, light)
         if not neighbours:
-            return Verdict(True, {"distance": None, "region": None, "light": None, "nearest": None, "score": 1e9,
-                                  **adaptive})
+            return Verdict(True, {"distance": None, "region": None, "light": None, "nearest": None, "score": None,
+                                  **adaptive}, rank=math.inf)  # nothing to compare with: novel above all
         nearest, distance = neighbours[0]
         # How far past its threshold each measure is; pacing keeps the frame with the largest.
         ratios = [distance / max(min_distance, 1e-9)]
@@ -165,14 +176,15 @@ class NoveltyGate(Gate):
             or (region_distance is not None and region_distance > min_region_distance)
             or (light_step is not None and light_step > self.light_change)
         )
+        score = max(ratios)
         return Verdict(novel, {
             "distance": round(distance, 5),
             "region": None if region_distance is None else round(region_distance, 5),
             "light": None if light_step is None else round(light_step, 4),
             "nearest": nearest,
-            "score": round(max(ratios), 4),
+            "score": round(score, 4),
             **adaptive,
-        })
+        }, rank=score)
 
     def _remember_pending(self, index: int, vector: np.ndarray, nearest, light: float) -> None:
         if len(self._pending) >= PENDING_LIMIT:

@@ -19,16 +19,29 @@ class SourceError(Exception):
 class Source:
     """Iterable of Frames in capture order. Subclasses implement `frames()`.
 
+    kind                the config's source kind ("file", "rtsp", ...)
     has_motion_vectors  whether frames carry H.264 motion vectors
     frame_count         frames the source expects to deliver, when known (progress bars)
+    live                False: recorded footage, frames() ends at its end. True: a camera
+                        (framecull.sources.live.LiveSource): frames() blocks while the camera is
+                        silent and reconnects, and close() may be called from any thread and ends
+                        a frames() that is blocked
+    counters            None for recorded sources; a live source's LiveCounters (frames, dropped,
+                        reconnects, last_error)
+    stats()             the counters as a dict for status reports; {} for recorded sources
     """
 
     kind = "source"
     has_motion_vectors = False
     frame_count: int | None = None
+    live: bool = False
+    counters = None
 
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError
+
+    def stats(self) -> dict:
+        return {}
 
     def close(self) -> None:
         pass
@@ -57,39 +70,33 @@ def throttle(frames: Iterator[Frame], fps: float) -> Iterator[Frame]:
 
 
 def open_source(config: Config) -> Source:
-    kind, uri, width = config.source.kind, config.source.uri, config.gates.change.width
-    if kind == "folder":
+    """The configured source: the one place where the config is mapped to a source."""
+    s, vectors = config.source, config.gates.motion_vectors.enabled
+    if s.kind == "folder":
         from framecull.sources.folder import FolderSource
 
-        return FolderSource(uri, width, fps=config.source.fps)
-    if kind == "file":
+        return FolderSource(s.uri, s.analysis_width, s.fps)
+    if s.kind == "file":
         from framecull.sources.video import VideoFileSource
 
-        return VideoFileSource(uri, width, motion_vectors=config.gates.motion_vectors.enabled)
-    if kind == "synthetic":
+        return VideoFileSource(s.uri, s.analysis_width, vectors)
+    if s.kind == "synthetic":
         from framecull.sources.synthetic import SyntheticSource
 
-        return SyntheticSource(uri or "parking_lot", width)
-    s = config.source
-    if kind == "rtsp":
+        return SyntheticSource(s.uri or "parking_lot", s.analysis_width)
+    if s.kind == "rtsp":
         from framecull.sources.rtsp import RtspSource
 
-        return RtspSource(uri, width, transport=s.transport, open_timeout=2 * s.timeout, read_timeout=s.timeout,
-                          reconnect_max=s.reconnect_max)
-    if kind == "v4l2":
+        return RtspSource(s, vectors)
+    if s.kind == "v4l2":
         from framecull.sources.v4l2 import V4l2Source
 
-        return V4l2Source(uri or "/dev/video0", width, fourcc=s.fourcc, capture_size=s.capture_size,
-                          capture_fps=s.capture_fps, read_timeout=s.timeout, reconnect_max=s.reconnect_max)
-    if kind == "picamera2":
+        return V4l2Source(s)
+    if s.kind == "picamera2":
         from framecull.sources.picamera2 import Picamera2Source
 
-        if uri and not uri.isdigit():
-            raise SourceError(f"picamera2 source: uri must be a camera number (0, 1, ...), not {uri!r}")
-        return Picamera2Source(width, camera=int(uri or 0), capture_size=s.capture_size, capture_fps=s.capture_fps,
-                               motion_vectors=config.gates.motion_vectors.enabled, read_timeout=s.timeout,
-                               reconnect_max=s.reconnect_max)
-    raise SourceError(f"unknown source kind {kind!r}")
+        return Picamera2Source(s, vectors)
+    raise SourceError(f"unknown source kind {s.kind!r}")
 
 
 def with_recorded_source(config: Config, path: str) -> Config:

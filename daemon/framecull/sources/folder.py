@@ -31,7 +31,7 @@ class FolderSource(Source):
 
     kind = "folder"
 
-    def __init__(self, folder: str | Path, width: int, fps: float = 0.0) -> None:
+    def __init__(self, folder: str | Path, width: int, fps: float) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise SourceError(f"folder source: {self.folder} is not a directory")

@@ -4,7 +4,7 @@ A LiveSource reads its camera in a thread of its own and hands frames to `frames
 queue of at most `queue_size` frames. When the consumer falls behind, the oldest queued frame
 is dropped and counted, so memory stays bounded and the pipeline always sees recent frames.
 When the camera fails (unplugged, stream ended, timed out), the thread closes it, waits
-(1 s doubling up to 60 s by default, back to the start after a frame) and opens it again;
+(1 s doubling up to [source] reconnect_max, back to 1 s after a frame) and opens it again;
 `frames()` keeps yielding across reconnects. `close()`, from any thread, ends `frames()` at
 once, even while the reader is stuck in a camera call.
 """
@@ -18,10 +18,14 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+from framecull.config import SourceConfig
 from framecull.frame import Frame
 from framecull.sources import Source
 
 log = logging.getLogger("framecull.source.live")
+
+QUEUE_SIZE = 4  # frames waiting for the consumer; the oldest is dropped beyond this
+RECONNECT_MIN = 1.0  # seconds before the first reconnection attempt; doubles up to reconnect_max
 
 
 class CameraLost(Exception):
@@ -31,7 +35,7 @@ class CameraLost(Exception):
 class Backoff:
     """Delays between reconnection attempts: `initial`, doubling up to `maximum`."""
 
-    def __init__(self, initial: float = 1.0, maximum: float = 60.0) -> None:
+    def __init__(self, initial: float, maximum: float) -> None:
         if initial <= 0 or maximum < initial:
             raise ValueError("backoff needs 0 < initial <= maximum")
         self.initial = initial
@@ -86,23 +90,30 @@ class StreamClock:
 
 
 class LiveSource(Source):
-    """Base of the camera sources. Subclasses implement connect, capture and disconnect:
+    """Base of the camera sources, built from the [source] section. Subclasses implement
+    connect, capture and disconnect:
 
     connect()     open the camera; raise when it cannot be opened
     capture()     yield Frames from the open camera (indices from `next_index()`); raise or
-                  return when the camera fails. Blocking calls in here must time out.
+                  return when the camera fails. Blocking calls in here must time out
+                  (after `self.timeout` seconds).
     disconnect()  release whatever connect opened; called after every attempt, even failed ones
+
+    `queue_size` and `reconnect_min` are not config keys; only the tests change them.
     """
 
     kind = "live"
+    live = True
 
-    def __init__(self, queue_size: int = 4, reconnect_min: float = 1.0, reconnect_max: float = 60.0,
-                 name: str = "") -> None:
+    def __init__(self, cfg: SourceConfig, *, queue_size: int = QUEUE_SIZE,
+                 reconnect_min: float = RECONNECT_MIN) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        self.width = cfg.analysis_width
+        self.timeout = cfg.timeout
         self.queue_size = queue_size
-        self.backoff = Backoff(reconnect_min, reconnect_max)
-        self.name = name or self.kind
+        self.backoff = Backoff(reconnect_min, cfg.reconnect_max)
+        self.name = self.kind
         self.counters = LiveCounters()
         self._queue: deque[Frame] = deque()
         self._ready = threading.Condition()

@@ -22,6 +22,7 @@ from typing import Iterator
 import av
 import numpy as np
 
+from framecull.config import SourceConfig
 from framecull.frame import Frame, analysis_plane
 from framecull.motion_vectors import from_av_frame
 from framecull.sources import SourceError
@@ -34,6 +35,8 @@ MISSING = (
     "sudo apt install python3-picamera2, and create framecull's venv with --system-site-packages "
     "(python3 -m venv --system-site-packages ...) so that it sees the system's picamera2 and libcamera"
 )
+# The main stream's size for capture_size = [0, 0]: picamera2's own default for video.
+DEFAULT_SIZE = (1280, 720)
 # How long a captured frame may wait for the encoder's vectors of the same frame, while the
 # encoder is delivering (an encoder that stopped delivering a second ago is not waited for).
 VECTORS_WAIT = 0.1
@@ -102,30 +105,27 @@ def _forwarding_output(output_class, encoder, decoder: MotionVectorDecoder):
 class Picamera2Source(LiveSource):
     """Frames of a Raspberry Pi camera, timestamped at the start of exposure.
 
-    width           analysis width (the lores stream is made this wide)
-    camera          camera number (0 = the first)
-    capture_size    (width, height) of the main stream, the stored picture; (0, 0) = 1280x720,
-                    picamera2's own default for video
-    capture_fps     frame rate asked of the sensor; 0 = its default
+    From [source]: uri (the camera number, "" = 0), analysis_width (the lores stream is made
+    this wide), capture_size (the main stream, the stored picture; [0, 0] = DEFAULT_SIZE),
+    capture_fps (asked of the sensor; 0 = its default), timeout (to wait for a frame),
+    reconnect_max.
     motion_vectors  run the H.264 encoder on lores for motion vectors
-    read_timeout    seconds to wait for a frame before the camera is taken for dead
     """
 
     kind = "picamera2"
 
-    def __init__(self, width: int, camera: int = 0, capture_size: tuple[int, int] = (0, 0), capture_fps: float = 0.0,
-                 motion_vectors: bool = True, read_timeout: float = 5.0, **live) -> None:
+    def __init__(self, cfg: SourceConfig, motion_vectors: bool, **tuning) -> None:
+        if cfg.uri and not cfg.uri.isdigit():
+            raise SourceError(f"picamera2 source: uri must be a camera number (0, 1, ...), not {cfg.uri!r}")
         try:
             self._lib = importlib.import_module("picamera2")
         except ImportError as exc:
             raise SourceError(MISSING.format(error=exc)) from None
-        super().__init__(**live)
-        self.width = width
-        self.camera_number = camera
-        self.size = tuple(capture_size) if all(capture_size) else (1280, 720)
-        self.fps = capture_fps
+        super().__init__(cfg, **tuning)
+        self.camera_number = int(cfg.uri or 0)
+        self.size = tuple(cfg.capture_size) if all(cfg.capture_size) else DEFAULT_SIZE
+        self.fps = cfg.capture_fps
         self.motion_vectors = self.has_motion_vectors = motion_vectors
-        self.read_timeout = read_timeout
         self._camera = None
         self._decoder: MotionVectorDecoder | None = None
 
@@ -163,7 +163,7 @@ class Picamera2Source(LiveSource):
         width, height = self._lores
         while True:
             # wait=seconds: a camera that stops delivering raises TimeoutError instead of hanging.
-            request = self._camera.capture_request(wait=self.read_timeout)
+            request = self._camera.capture_request(wait=self.timeout)
             try:
                 image = request.make_array("main")
                 lores = request.make_array("lores")

@@ -14,7 +14,8 @@ from typing import Iterator
 
 import av
 
-from framecull import motion_vectors
+from framecull import motion_vectors as mv
+from framecull.config import SourceConfig
 from framecull.frame import Frame
 from framecull.sources import SourceError
 from framecull.sources.live import CameraLost, LiveSource, StreamClock
@@ -34,40 +35,32 @@ OPEN_OPTIONS = {"fpsprobesize": "0"}
 class RtspSource(LiveSource):
     """Frames of a network stream, timestamped with the stream clock anchored to the wall clock.
 
-    url           rtsp://user:pass@host:554/path (also rtsps://, http://, tcp://...)
-    width         analysis width of the gray plane
-    transport     RTSP lower transport: "tcp" (default: survives lossy links) or "udp"
-    open_timeout  seconds allowed to open the stream
-    read_timeout  seconds a read may block before the camera is taken for dead
+    From [source]: uri (rtsp://user:pass@host:554/path, also rtsps://, http://, tcp://...),
+    analysis_width, transport, timeout (per read; opening gets twice this), reconnect_max.
+    motion_vectors  ask the decoder for motion vectors (when the motion-vector gate is on)
     """
 
     kind = "rtsp"
-    has_motion_vectors = True
 
-    def __init__(self, url: str, width: int, transport: str = "tcp", open_timeout: float = 10.0,
-                 read_timeout: float = 5.0, **live) -> None:
-        if "://" not in url:
-            raise SourceError(f"rtsp source: {url!r} is not a URL like rtsp://host:554/stream")
-        if transport not in ("tcp", "udp"):
-            raise SourceError(f"rtsp source: transport must be 'tcp' or 'udp', not {transport!r}")
-        super().__init__(**live)
-        self.url = url
-        self.width = width
-        self.transport = transport
-        self.open_timeout = open_timeout
-        self.read_timeout = read_timeout
+    def __init__(self, cfg: SourceConfig, motion_vectors: bool, **tuning) -> None:
+        if "://" not in cfg.uri:
+            raise SourceError(f"rtsp source: {cfg.uri!r} is not a URL like rtsp://host:554/stream")
+        super().__init__(cfg, **tuning)
+        self.url = cfg.uri
+        self.transport = cfg.transport
+        self.motion_vectors = self.has_motion_vectors = motion_vectors
         self._container = None
 
     def connect(self) -> None:
         options = dict(OPEN_OPTIONS)
         if self.url.startswith(("rtsp:", "rtsps:")):
             options["rtsp_transport"] = self.transport
-        self._container = av.open(self.url, options=options, timeout=(self.open_timeout, self.read_timeout))
+        self._container = av.open(self.url, options=options, timeout=(2 * self.timeout, self.timeout))
         if not self._container.streams.video:
             raise CameraLost(f"{self.url} has no video stream")
         self._stream = self._container.streams.video[0]
         # An H.265 or MJPEG camera gives no vectors; the motion-vector gate then passes everything.
-        self.has_motion_vectors = motion_vectors.request_export(self._stream)
+        self.has_motion_vectors = self.motion_vectors and mv.request_export(self._stream)
         log.info("%s: opened %s %dx%d", self.name, self._stream.codec_context.name,
                  self._stream.codec_context.width, self._stream.codec_context.height)
 

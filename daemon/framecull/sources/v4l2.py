@@ -10,45 +10,36 @@ from typing import Iterator
 
 import cv2
 
+from framecull.config import SourceConfig
 from framecull.frame import Frame
-from framecull.sources import SourceError
 from framecull.sources.live import CameraLost, LiveSource
 
 log = logging.getLogger("framecull.source.v4l2")
+
+DEFAULT_DEVICE = "/dev/video0"  # for uri = ""
 
 
 class V4l2Source(LiveSource):
     """Frames of a V4L2 camera, timestamped with the wall clock when read.
 
-    device        "/dev/video0", a camera number ("0"), or better a name that survives
-                  re-plugging into another port: /dev/v4l/by-id/usb-...-video-index0
-    width         analysis width of the gray plane
-    fourcc        pixel format to ask for: "MJPG" (USB 2 cameras reach full size and rate only
-                  with it), "YUYV" (raw), or "" to keep the driver's
-    capture_size  (width, height) to ask the camera for; (0, 0) = its default
-    capture_fps   frame rate to ask the camera for; 0 = its default
-    read_timeout  seconds a read may block before the camera is taken for dead (whole seconds)
-    backend       OpenCV capture API; only the tests use another one (to read a file)
+    From [source]: uri ("/dev/video0" when empty, a camera number "0", or better a name that
+    survives re-plugging into another port: /dev/v4l/by-id/usb-...-video-index0),
+    analysis_width, fourcc (MJPG: USB 2 cameras reach full size and rate only with it),
+    capture_size, capture_fps, timeout (whole seconds), reconnect_max.
+    backend  OpenCV capture API; only the tests use another one (to read a file)
     """
 
     kind = "v4l2"
 
-    def __init__(self, device: str, width: int, fourcc: str = "MJPG", capture_size: tuple[int, int] = (0, 0),
-                 capture_fps: float = 0.0, read_timeout: float = 5.0, backend: int = cv2.CAP_V4L2,
-                 **live) -> None:
-        if not device:
-            raise SourceError("v4l2 source: no device given (uri = \"/dev/video0\")")
-        if fourcc and len(fourcc) != 4:
-            raise SourceError(f"v4l2 source: fourcc must be 4 characters such as MJPG or YUYV, not {fourcc!r}")
-        super().__init__(**live)
-        self.device = device
-        self.width = width
-        self.fourcc = fourcc
-        self.capture_size = tuple(capture_size)
-        self.capture_fps = capture_fps
+    def __init__(self, cfg: SourceConfig, backend: int = cv2.CAP_V4L2, **tuning) -> None:
+        super().__init__(cfg, **tuning)
+        self.device = cfg.uri or DEFAULT_DEVICE
+        self.fourcc = cfg.fourcc
+        self.capture_size = tuple(cfg.capture_size)
+        self.capture_fps = cfg.capture_fps
         self.backend = backend
         # OpenCV's V4L2 backend waits 10 s for a frame by default and reads this once per process.
-        os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", str(max(1, round(read_timeout))))
+        os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", str(max(1, round(self.timeout))))
         self._capture: cv2.VideoCapture | None = None
 
     def connect(self) -> None:

@@ -51,7 +51,7 @@ def make_frame(av_frame: av.VideoFrame, index: int, timestamp: float, width: int
 class VideoFileSource(Source):
     kind = "file"
 
-    def __init__(self, path: str | Path, width: int, motion_vectors: bool = True) -> None:
+    def __init__(self, path: str | Path, width: int, motion_vectors: bool) -> None:
         """`motion_vectors`: read vectors (decoder export or .mv file); False spares the work when
         no gate uses them."""
         self.path = Path(path)

@@ -1,0 +1,247 @@
+"""The one loop: frames -> pipeline -> store + memory, decisions to sinks.
+
+Every entry point drives frames through a Runner: `framecull run` (the service), `replay`,
+`preview`, `calibrate`, the benchmarks and the tests. So what a user tunes offline is exactly
+what the device does.
+
+    with Runner(config, root=out, sinks=[JsonlSink(out / "decisions.jsonl")]) as runner:
+        runner.run(frames)
+
+Failure policy, one for all: a kept frame the store cannot write (disk full, read-only) ends at
+stage "store" and counts as not written; a kept frame the memory cannot commit (SQLite error)
+stays kept and counts as not remembered. Both are logged (at most one line per minute per kind,
+with the count), the run goes on, and nothing already kept is touched.
+
+A sink is anything with `write(decision)` and `close()`; decisions reach the sinks in input
+order, each once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Protocol
+
+from framecull.config import Config
+from framecull.frame import Frame
+from framecull.gates import Gate
+from framecull.pipeline import Decision, Pipeline, build_gates
+from framecull.store import Store, StoreError
+
+log = logging.getLogger("framecull.runner")
+
+ERROR_EVERY = 60.0  # seconds between two log lines about the same kind of storage error
+
+
+class Sink(Protocol):
+    def write(self, decision: Decision) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Runner:
+    """Builds the store and the pipeline from a config and drives frames through them.
+
+    root     where frames/ and the memory live (default: the config's store root)
+    write    False: judge and remember, but write no frames (preview, calibrate)
+    gates    the gates to use instead of the configured ones (calibrate's cached embeddings)
+    """
+
+    def __init__(self, config: Config, root: Path | None = None, *, write: bool = True,
+                 sinks: Iterable[Sink] = (), gates: list[Gate] | None = None) -> None:
+        self.config = config
+        self.root = Path(root) if root is not None else config.store_root
+        self.sinks = list(sinks)
+        self.store = Store.from_config(config, self.root) if write else None
+        gates = build_gates(config, self.root) if gates is None else gates
+        self.pipeline = Pipeline(gates, config.pacing, config.budget, self._commit)
+        self.frames_in = 0
+        self.kept = 0
+        self.dropped: Counter = Counter()  # stage -> frames that ended there without being kept
+        self.not_written = 0  # chosen to keep, but the store could not write them
+        self.not_remembered = 0  # written, but the memory could not commit them
+        self.last_kept: float | None = None  # capture time
+        self.started = time.perf_counter()
+        self._last_push = time.monotonic()
+        self._last_error: dict[str, float] = {}
+        self._closed = False
+
+    @property
+    def lost(self) -> int:
+        return self.not_written + self.not_remembered
+
+    # -- driving ------------------------------------------------------------------------------
+
+    def push(self, frame: Frame) -> list[Decision]:
+        """Judge one frame; the decisions final now go to the sinks and are returned."""
+        self.frames_in += 1
+        self._last_push = time.monotonic()
+        return self._emit(self.pipeline.push(frame))
+
+    def idle(self) -> list[Decision]:
+        """Called when no frame came for a while (a live source stalled or reconnecting): closes an
+        open pacing window once no frame arrived for min_interval, so its best frame is kept now."""
+        if self.pipeline.pending and time.monotonic() - self._last_push > self.config.pacing.min_interval:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[Decision]:
+        """Close the pacing window and emit what it held."""
+        return self._emit(self.pipeline.flush())
+
+    def run(self, frames: Iterable[Frame]) -> "Runner":
+        """Push every frame, then flush. Returns the runner (its counters)."""
+        for frame in frames:
+            self.push(frame)
+        self.flush()
+        return self
+
+    def save(self) -> None:
+        """Save the memory's index now (the service does so every few minutes)."""
+        try:
+            self.pipeline.save()
+        except Exception as exc:  # a full disk: the old index file stays valid, SQLite is the truth
+            log.error("cannot save the memory index: %s", exc, extra={"STAGE": "memory"})
+
+    def close(self) -> None:
+        """Flush, save and close the memory, close the sinks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush()
+        finally:
+            try:
+                self.pipeline.close()
+            except Exception as exc:  # the index is rebuilt from SQLite at the next start
+                log.error("cannot save the memory index: %s", exc, extra={"STAGE": "memory"})
+            for sink in self.sinks:
+                sink.close()
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- inside -------------------------------------------------------------------------------
+
+    def _emit(self, decisions: list[Decision]) -> list[Decision]:
+        for d in decisions:
+            if d.kept:
+                self.kept += 1
+                self.last_kept = d.timestamp
+                log.debug("kept frame %d: %s", d.index, d.path, extra={"STAGE": d.stage})
+            else:
+                self.dropped[d.stage] += 1
+            for sink in self.sinks:
+                sink.write(d)
+        return decisions
+
+    def _commit(self, frame: Frame, decision: Decision) -> bool:
+        """Store and remember a frame the pipeline chose; False when it could not be written."""
+        if self.store is not None:
+            try:
+                decision.path = self.store.save(frame, decision)
+            except StoreError as exc:
+                self.not_written += 1
+                decision.stage = "store"
+                self._error("store", f"kept frame not written ({self.not_written} so far): {exc}")
+                return False
+        for gate in self.pipeline.gates:
+            try:
+                gate.on_kept(frame, decision.path)
+            except (sqlite3.Error, OSError, RuntimeError) as exc:
+                # SQLite rolled back and the index is touched only after a commit: the memory stays
+                # consistent and takes the next frame once the disk is back. The image stays kept.
+                self.not_remembered += 1
+                self._error("memory", f"kept frame {decision.path or frame.index} not remembered "
+                                      f"({self.not_remembered} so far): {exc}")
+        return True
+
+    def _error(self, kind: str, message: str) -> None:
+        # A full disk fails every write: one line a minute is enough for the journal.
+        now = time.monotonic()
+        if now - self._last_error.get(kind, -ERROR_EVERY) >= ERROR_EVERY:
+            self._last_error[kind] = now
+            log.error(message, extra={"STAGE": kind})
+
+
+# --- sinks ------------------------------------------------------------------------------------
+
+class JsonlSink:
+    """One JSON line per decision (what `framecull report` reads). A disk that refuses the lines
+    costs the lines, not the run: they are counted and said once."""
+
+    def __init__(self, path: Path, append: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.file = open(path, "a" if append else "w")
+        self.lost = 0
+
+    def write(self, decision: Decision) -> None:
+        try:
+            self.file.write(json.dumps(decision.to_json()) + "\n")
+        except OSError as exc:
+            self._lose(exc)
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError as exc:  # the last buffered lines
+            self._lose(exc)
+        if self.lost:
+            log.error("%s: %d decision lines (or a buffer of them) not written", self.path, self.lost)
+
+    def _lose(self, exc: OSError) -> None:
+        if not self.lost:
+            log.error("%s: cannot write decisions: %s", self.path, exc)
+        self.lost += 1
+
+
+class Collect:
+    """Keeps every decision in a list (tests, benchmarks, calibrate)."""
+
+    def __init__(self) -> None:
+        self.decisions: list[Decision] = []
+
+    def write(self, decision: Decision) -> None:
+        self.decisions.append(decision)
+
+    def close(self) -> None:
+        pass
+
+
+class Progress:
+    """A one-line progress bar with an ETA on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.enabled = sys.stderr.isatty()
+        self.done = self.kept = 0
+        self._started = self._last = time.monotonic()
+
+    def write(self, decision: Decision) -> None:
+        self.done += 1
+        self.kept += decision.kept
+        now = time.monotonic()
+        if not self.enabled or now - self._last < 0.2:
+            return
+        self._last = now
+        if self.total:
+            filled = int(30 * min(self.done, self.total) / self.total)
+            eta = (now - self._started) / self.done * max(0, self.total - self.done)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} frames, "
+                             f"{self.kept} kept, ETA {eta:.0f} s ")
+        else:
+            sys.stderr.write(f"\r{self.done} frames, {self.kept} kept ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r\033[K")
