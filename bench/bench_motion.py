@@ -1,6 +1,8 @@
 """Motion vectors: decode frames/s with and without vector export, the per-frame cost of the
-motion-vector gate against the change gate, and replay frames/s with the motion-vector gate in
-front of the change gate, or not (the replays store kept frames as JPEG, like the daemon).
+motion-vector gate against the change gate, what vectors cost a picamera2 source (an H.264
+encoder on the lores stream run only for them) against the change gate on the lores Y plane,
+and replay frames/s with the motion-vector gate in front of the change gate, or not (the
+replays store kept frames as JPEG, like the daemon).
 
 Prints figures; not a pass/fail test. Run: .venv/bin/python bench/bench_motion.py
 Decoding uses PyAV's default threading (thread_type AUTO), as the file source does.
@@ -12,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -96,6 +99,49 @@ def gate_costs(clip: Path) -> tuple[float, float]:
     return mv_cost * 1e6, change_cost * 1e6
 
 
+def lores_costs(width: int = 320, height: int = 180, frames: int = 300) -> dict[str, float]:
+    """Milliseconds of CPU per frame, one core, best of 3, for picamera2's lores stream (YUV420 at the
+    analysis width): encoding it with libx264 (a Pi 5 has no hardware encoder; a Pi 4 encodes on
+    the GPU), decoding it with vector export, vectors + motion-vector gate; against the change
+    gate on its Y plane (which the source gets with no conversion)."""
+    rng = np.random.default_rng(0)
+    scene = textured_background(height=height, width=width)
+    planes = [np.clip(scene + rng.normal(0, 2.5, scene.shape), 0, 255).astype(np.uint8) for _ in range(frames)]
+    pictures = [av.VideoFrame.from_ndarray(y, format="gray").reformat(format="yuv420p") for y in planes]
+    config = Config()
+    best: dict[str, float] = {}
+    for _ in range(3):
+        encoder = av.CodecContext.create("libx264", "w")
+        encoder.width, encoder.height, encoder.pix_fmt = width, height, "yuv420p"
+        encoder.time_base = Fraction(1, 10)
+        encoder.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": "bframes=0:keyint=50"}
+        decoder = av.CodecContext.create("h264", "r")
+        decoder.options = {"flags2": "+export_mvs", "flags": "+low_delay"}  # as sources.picamera2 does
+        gate = MotionVectorGate(config.gates.motion_vectors, config.regions)
+        spent = dict.fromkeys(("encode", "decode", "vectors + gate", "change gate"), 0.0)
+        for i, (picture, plane) in enumerate(zip(pictures, planes)):
+            picture.pts = i
+            start = time.process_time()
+            packets = encoder.encode(picture)
+            spent["encode"] += time.process_time() - start
+            for packet in packets:
+                start = time.process_time()
+                decoded = decoder.decode(packet)
+                spent["decode"] += time.process_time() - start
+                for frame in decoded:
+                    start = time.process_time()
+                    gate.judge(Frame(i, i / 10, plane, image=plane, motion_vectors=motion_vectors.from_av_frame(frame)))
+                    spent["vectors + gate"] += time.process_time() - start
+        change_gate = ChangeGate(config.gates.change, config.regions, config.lighting)
+        start = time.process_time()
+        for i, plane in enumerate(planes):
+            change_gate.judge(Frame(i, i / 10, plane, image=plane))
+        spent["change gate"] = time.process_time() - start
+        for key, seconds in spent.items():
+            best[key] = min(best.get(key, float("inf")), 1000 * seconds / frames)
+    return best
+
+
 def replay(clip: Path, config: Config, runs: int = 3) -> tuple[float, float, Counter, int]:
     """Best frames/s and CPU ms/frame (all threads) of `runs` through the daemon's Runner, decisions
     by stage and frames kept, for `config`. Timed from the first frame to the flush of the last:
@@ -151,9 +197,15 @@ def main() -> None:
                   f"|| frame threads + gray plane at 320 {gray:5.0f}")
         cv2.setNumThreads(1)
         mv_cost, change_cost = gate_costs(Path(tmp) / "clip1280.mp4")
+        lores = lores_costs()
         cv2.setNumThreads(0)
         print(f"per frame of the 1280x720 clip, one core: vectors + motion-vector gate {mv_cost:.0f} us | "
               f"gray plane + change gate (width 320) {change_cost:.0f} us")
+        print("picamera2 lores stream 320x180, CPU ms per frame, one core: "
+              + ", ".join(f"{key} {ms:.2f}" for key, ms in lores.items())
+              + f" -> vectors cost {lores['encode'] + lores['decode'] + lores['vectors + gate']:.2f} ms "
+                f"({lores['decode'] + lores['vectors + gate']:.2f} with a hardware encoder) "
+                f"against {lores['change gate']:.2f} ms for the change gate they would spare")
         print("replay (best of 3) of the generated 1280x720 clip (still half the time), default config, all frames:")
         print_replays(Path(tmp) / "clip1280.mp4")
 

@@ -115,8 +115,13 @@ put "$repo/deploy/pull/pull-only.sh" "$opt/bin/framecull-pull-only" 0755
 put "$repo/deploy/examples/camera.toml" "$etc/camera.toml.example" 0644
 
 if [ -n "$camera" ] && [ ! -e "$etc/$camera.toml" ]; then
+    # The Pi's camera on a Pi; elsewhere the example's synthetic camera, which runs anywhere (a
+    # picamera2 source where picamera2 cannot be installed would be refused at every start).
+    kind=synthetic
+    on_raspberry_pi && kind=picamera2
     sed -e "s|^camera = \"lot-north\"|camera = \"$camera\"|" \
         -e "s|^root = \"/var/lib/framecull/lot-north\"|root = \"/var/lib/framecull/$camera\"|" \
+        -e "s|^kind = \"synthetic\"|kind = \"$kind\"|" \
         "$repo/deploy/examples/camera.toml" >"$etc/$camera.toml.new"
     chmod 0640 "$etc/$camera.toml.new"
     [ "$real" = 1 ] && chown root:framecull "$etc/$camera.toml.new"

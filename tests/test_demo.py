@@ -1,7 +1,6 @@
 """`framecull demo` and the pipeline on the synthetic scene, checked against its ground truth."""
 
 import json
-import logging
 import subprocess
 import sys
 
@@ -54,7 +53,6 @@ def test_demo_command_keeps_every_event_and_writes_a_contact_sheet(tmp_path):
 ])
 @pytest.mark.parametrize("novelty", [True, False], ids=["novelty", "change-only"])
 def test_synthetic_scene_variants_against_ground_truth(tmp_path, variant, novelty):
-    logging.disable(logging.WARNING)
     config = Config.model_validate({"gates": {"novelty": {"enabled": novelty}}})
     source = SyntheticSource(parking_lot(**variant), config.source.analysis_width)
     check_against_ground_truth(source.scene, set(kept_indices(config, source.frames(), tmp_path, write=True)))

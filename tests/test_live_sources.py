@@ -86,7 +86,7 @@ def test_backoff_doubles_up_to_the_maximum_and_resets():
 
 def test_stream_clock_keeps_the_stream_spacing_and_never_runs_ahead(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(live, "time", SimpleNamespace(time=lambda: now[0]))
+    monkeypatch.setattr(live, "time", SimpleNamespace(time=lambda: now[0], monotonic=lambda: now[0]))  # steady wall clock
     clock = StreamClock(max_lag=2.0)
     # Ten frames buffered while the stream was opened arrive at once, then it runs live.
     burst = [clock.timestamp(t / 10) for t in range(10)]
@@ -291,10 +291,8 @@ def test_picamera2_source_through_the_pipeline(fake_picamera2, tmp_path):
     assert all(gray == (180, 320) and image == (360, 640, 3) for _, gray, image, _ in seen)
     stamps = [t for t, *_ in seen]
     assert all(b > a for a, b in zip(stamps, stamps[1:])) and abs(stamps[-1] - time.time()) < 5
-    vectors = [v for *_, v in seen]
-    assert sum(v is not None for v in vectors) >= scene.n_frames - 2  # only the first is a key frame
-    car = scene.events[0]
-    assert any(np.abs(v["dx"]).max() > 0 for v in vectors[car.start + 1 : car.end] if v is not None)
+    # By default picamera2 runs no encoder for vectors (measured: they cost more than they spare).
+    assert all(v is None for *_, v in seen)
 
     kept = {d.index for d in decisions if d.kept}
     assert decisions[0].kept

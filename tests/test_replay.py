@@ -129,6 +129,7 @@ def test_replay_report_and_report_command_write_one_thumbnail_per_kept_frame(tmp
 
 def test_run_and_replay_count_a_full_disk_the_same_way(tmp_path, tiny_disk):
     """Both entry points go through the runner: a disk that fills up ends neither, both count it."""
+    clip, _ = car_clip(tmp_path)  # a file source: `run` ends with it
     ballast = tiny_disk / "ballast"
     ballast.write_bytes(b"\0" * 1024 * 1024)  # the frames fill the rest
     results = {}
@@ -136,14 +137,14 @@ def test_run_and_replay_count_a_full_disk_the_same_way(tmp_path, tiny_disk):
         root = tiny_disk / command
         toml = tmp_path / f"{command}.toml"
         # Thresholds that keep nearly every frame, so that the disk fills up soon.
-        toml.write_text(f'camera = "lot"\n[source]\nkind = "synthetic"\n[store]\nroot = "{root}"\n'
+        toml.write_text(f'camera = "lot"\n[source]\nkind = "file"\nuri = "{clip}"\n[store]\nroot = "{root}"\n'
                         "[lighting]\nmin_change = 0\n[pacing]\nmin_interval = 0\n"
-                        "[gates.change]\nmin_changed = 0.0001\n"
+                        "[gates.motion_vectors]\nenabled = false\n[gates.change]\nmin_changed = 0.0\n"
                         "[gates.novelty]\nmin_distance = 0.0\nmin_region_distance = 0.0\n")
-        if command == "run":  # the service, on the (finite) synthetic scene
+        if command == "run":
             results[command] = run_cli("run", "--config", str(toml))
         else:
-            results[command] = run_cli("replay", "synthetic:parking_lot", "--config", str(toml), "--out", str(root))
+            results[command] = run_cli("replay", str(clip), "--config", str(toml), "--out", str(root))
         shutil.rmtree(root)  # room for the next one
     for result in results.values():
         assert result.returncode == 0, result.stderr

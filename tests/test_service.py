@@ -165,18 +165,20 @@ def test_a_bad_config_exits_78_with_the_reason(tmp_path):
     assert "gates.change.threshold" in result.stderr
 
 
-def test_notify_ready_only_after_a_first_frame_then_status_watchdog_stopping(tmp_path, server, notify_socket):
+def test_ready_without_a_camera_then_status_watchdog_stopping(tmp_path, server, notify_socket):
     root = tmp_path / "root"
     config = write_config(tmp_path / "cam1.toml", root, rtsp_source(server))
     daemon = Daemon(config, tmp_path / "log", notify_socket, WATCHDOG_USEC="2000000")
     try:
-        # No camera yet: the daemon runs, says why, pings the watchdog (it is reconnecting), not ready.
+        # No camera yet: READY (config, model and memory loaded), STATUS says why no frames come,
+        # the watchdog is fed while the source reconnects: systemd neither waits nor restarts.
+        assert wait_until(lambda: notify_socket.lines("READY=1"), 20), (notify_socket.messages, daemon.output())
+        assert "waiting for camera" in notify_socket.lines("STATUS=")[0]
         assert wait_until(lambda: any("reconnecting" in s for s in notify_socket.lines("STATUS=")), 20), \
             (notify_socket.messages, daemon.output())
         assert notify_socket.lines("WATCHDOG=1")
-        assert not notify_socket.lines("READY=1")
         server.start()
-        assert wait_until(lambda: notify_socket.lines("READY=1"), 20), daemon.output()
+        assert wait_until(lambda: any("streaming" in s for s in notify_socket.lines("STATUS=")), 20), daemon.output()
         ready = notify_socket.times("READY=1")[0]
         time.sleep(3.5)
         pings = [t for t in notify_socket.times("WATCHDOG=1") if t > ready]
@@ -270,7 +272,11 @@ def test_kill_9_at_random_moments_loses_no_kept_frame_and_corrupts_nothing(tmp_p
     kills = 0
     while kills < 20:
         daemon = Daemon(config, tmp_path / "log")
-        time.sleep(rng.uniform(0.5, 2.0))
+        # Once it runs (opening the folder reads every still's time first, ~2 s here): kills while
+        # frames are being written and remembered.
+        wait_until(lambda: read_status(root).get("pid") == daemon.process.pid or daemon.process.poll() is not None,
+                   30)
+        time.sleep(rng.uniform(0.0, 1.0))
         if daemon.process.poll() is None:
             daemon.process.kill()
             kills += 1
@@ -278,9 +284,10 @@ def test_kill_9_at_random_moments_loses_no_kept_frame_and_corrupts_nothing(tmp_p
         daemon._log_file.close()
         assert daemon.process.returncode in (0, -signal.SIGKILL), daemon.output()
     assert not list((root / "frames").glob("*/*.partial")) and not list((root / "frames").glob("*/.*"))
-    images = {p.relative_to(root).as_posix() for p in (root / "frames").glob("*/*.jpg")}
+    # Stills are kept in their own format (here .png), camera frames as .jpg.
+    images = {p.relative_to(root).as_posix() for p in (root / "frames").glob("*/*") if p.suffix != ".json"}
     sidecars = {p.relative_to(root).as_posix() for p in (root / "frames").glob("*/*.json")}
-    stems, sidecar_stems = {i[:-4] for i in images}, {s[:-5] for s in sidecars}
+    stems, sidecar_stems = {i.rsplit(".", 1)[0] for i in images}, {s[:-5] for s in sidecars}
     assert images and stems <= sidecar_stems  # every image has its sidecar
     assert len(sidecar_stems - stems) <= kills  # a kill between the sidecar and its image
     rows = sqlite_rows(root)  # integrity_check ok
@@ -360,7 +367,7 @@ def test_a_hung_source_stops_the_watchdog_pings_so_systemd_restarts_it(tmp_path,
 
     monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.path)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # a ping every 0.2 s while healthy
-    monkeypatch.setattr(service, "open_source", lambda config: HangingSource())
+    monkeypatch.setattr(service, "open_camera", lambda config: HangingSource())
     monkeypatch.setattr(service, "setup_logging", lambda camera, verbose=False: None)
     config = write_config(tmp_path / "cam1.toml", tmp_path / "root", 'kind = "synthetic"',
                           "[gates.novelty]\nenabled = false\n")
@@ -427,3 +434,180 @@ def test_a_memory_commit_that_fails_on_a_full_disk_is_counted_and_the_memory_sta
     rows = sqlite_rows(root)  # integrity_check ok
     assert len(rows) == 41 - runner.not_remembered
     assert index_total(root) == len(rows)
+
+
+# --- permanent problems, the live synthetic camera, reloads, signals at awkward moments -----------
+
+
+def run_once(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "framecull", *args, str(config)], capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_what_no_restart_can_fix_exits_78_with_the_reason_and_check_config_finds_it(tmp_path, tiny_disk):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    elsewhere = tiny_disk / "frames"
+    elsewhere.mkdir()
+    split = tmp_path / "split"
+    (split / "tmp").mkdir(parents=True)
+    (split / "frames").symlink_to(elsewhere)  # frames/ on another filesystem: renames would fail
+    cases = {
+        "bad URL": ('kind = "rtsp"\nuri = "rtsp://:99999/cam"', tmp_path / "r1", "source.uri"),
+        "missing file": ('kind = "file"\nuri = "/nonexistent/clip.mp4"', tmp_path / "r2",
+                         "video file '/nonexistent/clip.mp4' not found"),
+        "missing module": ('kind = "picamera2"', tmp_path / "r3", "needs the Python module picamera2"),
+        "unknown scene": ('kind = "synthetic"\nuri = "beach"', tmp_path / "r4", "unknown synthetic scene"),
+        "root under a file": ('kind = "synthetic"', afile / "root", f"store.root: store root {afile / 'root'}"),
+        "frames elsewhere": ('kind = "synthetic"', split, "is on another filesystem"),
+    }
+    for name, (source, root, reason) in cases.items():
+        config = write_config(tmp_path / "cam1.toml", root, source)
+        run = run_once(config, "run", "--config")
+        assert run.returncode == EX_CONFIG and reason in run.stderr, (name, run.stderr)
+        assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1, (name, run.stderr)
+        check = run_once(config, "check-config", "--quiet")
+        assert check.returncode == EX_CONFIG and reason in check.stderr, (name, check.stderr)
+
+
+def test_the_instance_name_is_the_camera(tmp_path):
+    root = tmp_path / "root"
+    config = write_config(tmp_path / "lot7.toml", root, 'kind = "synthetic"')  # camera = "cam1"
+    for args in (("run", "--camera", "lot7", "--config"), ("check-config", "--camera", "lot7")):
+        result = run_once(config, *args)
+        assert result.returncode == EX_CONFIG, result.stderr
+        assert "camera: 'cam1' differs from the instance name 'lot7'" in result.stderr
+    config.write_text(config.read_text().replace('camera = "cam1"\n', ""))  # absent: the instance names it
+    shown = run_once(config, "check-config", "--camera", "lot7")
+    assert shown.returncode == 0 and 'camera = "lot7"' in shown.stdout, shown.stderr
+
+
+def test_the_synthetic_camera_lives_in_real_time_until_stopped(tmp_path, notify_socket):
+    root = tmp_path / "root"
+    config = write_config(tmp_path / "cam1.toml", root, 'kind = "synthetic"\nfps = 5')
+    daemon = Daemon(config, tmp_path / "log", notify_socket)
+    try:
+        assert wait_until(lambda: read_status(root).get("frames_in", 0) >= 5, 30), daemon.output()
+        first, t0 = read_status(root)["frames_in"], time.monotonic()
+        time.sleep(4)
+        status = read_status(root)
+        rate = (status["frames_in"] - first) / (time.monotonic() - t0)
+        assert 3.5 < rate < 6.5, rate  # the scene's 5 frames/s, in real time
+        assert abs(status["decisions"][-1]["timestamp"] - time.time()) < 5  # wall-clock stamps
+        assert status["source"]["state"] == "streaming" and daemon.process.poll() is None
+        assert "kept frame 0 (novelty)" in daemon.output()  # every kept frame is an INFO line
+        assert daemon.stop() == 0
+    finally:
+        daemon.stop()
+
+
+def test_the_synthetic_scene_loops_with_fresh_noise():
+    from framecull.config import SourceConfig
+    from framecull.sources.synthetic import SyntheticCamera
+
+    camera = SyntheticCamera(SourceConfig(kind="synthetic"))
+    scene = camera.scene
+    assert (scene.render(3, loop=0) == scene.render(3)).all()  # replay's frames are unchanged
+    assert (scene.render(3, loop=1) != scene.render(3, loop=0)).any()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_reloads_that_change_the_config_do_not_grow_memory(tmp_path):
+    root = tmp_path / "root"
+    config = tmp_path / "cam1.toml"
+
+    def write(threshold: int) -> None:
+        write_config(config, root, 'kind = "synthetic"', f"[gates.change]\nthreshold = {threshold}\n")
+
+    write(25)
+    daemon = Daemon(config, tmp_path / "log")
+    try:
+        assert wait_until(lambda: read_status(root).get("frames_in", 0) > 3, 30), daemon.output()
+
+        def reloads(n: int, first: int) -> None:
+            for i in range(first, first + n):
+                write(26 - i % 2)  # 26, 25, 26...: each one a change
+                daemon.process.send_signal(signal.SIGHUP)
+                assert wait_until(lambda: read_status(root).get("reloads") == i + 1, 10), daemon.output()
+
+        reloads(10, 0)  # warm up: allocator pools, the first sessions
+        before = rss_mb(daemon.process.pid)
+        reloads(40, 10)
+        grown = rss_mb(daemon.process.pid) - before
+        print(f"RSS {before:.0f} MB, after 40 more reloads {before + grown:.0f} MB")
+        assert grown < 30, grown  # it was ~4 MB per reload: an old runner lived until a full collection
+        assert daemon.stop() == 0
+    finally:
+        daemon.stop()
+
+
+def test_each_different_refusal_reaches_the_log(tmp_path):
+    root = tmp_path / "root"
+    config = write_config(tmp_path / "cam1.toml", root, 'kind = "synthetic"')
+    good = config.read_text()
+    daemon = Daemon(config, tmp_path / "log", INVOCATION_ID="x")  # logs as under systemd (stderr, no journal module)
+    try:
+        assert wait_until(lambda: read_status(root).get("frames_in", 0) > 0, 30), daemon.output()
+        mistakes = {"[gates.change]\nthreshold = 999\n": "gates.change.threshold",
+                    "[gates.change]\nblur = 4\n": "gates.change.blur",
+                    "[pacing]\nmin_interval = \"soon\"\n": "pacing.min_interval"}
+        for mistake, key in mistakes.items():
+            config.write_text(good + mistake)
+            daemon.process.send_signal(signal.SIGHUP)
+            assert wait_until(lambda: key in daemon.output(), 10), (key, daemon.output())
+        assert daemon.output().count("reload refused") == 3
+        assert daemon.process.poll() is None and daemon.stop() == 0
+    finally:
+        daemon.stop()
+
+
+def ignores_sighup(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & 1 << (signal.SIGHUP - 1))
+    return False
+
+
+def test_sighup_while_loading_or_stopping_does_not_kill_it(tmp_path):
+    # From the moment `run` starts (before the config, the model and the memory are loaded) to
+    # the end. The interpreter's start and `import framecull.cli` come before (~0.5 s): a
+    # SIGHUP then still kills a daemon started by hand; systemd sends none before READY=1.
+    root = tmp_path / "root"
+    config = write_config(tmp_path / "cam1.toml", root, 'kind = "synthetic"')
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4):
+        daemon = Daemon(config, tmp_path / "log")
+        assert wait_until(lambda: ignores_sighup(daemon.process.pid), 30, step=0.002)
+        time.sleep(delay)
+        daemon.process.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: read_status(root).get("pid") == daemon.process.pid, 30), daemon.output()
+        daemon.process.send_signal(signal.SIGTERM)
+        for _ in range(40):  # reloads asked for all through the shutdown
+            if daemon.process.poll() is not None:
+                break
+            daemon.process.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+        assert daemon.process.wait(30) == 0, (delay, daemon.output()[-2000:])
+        daemon.stop()
+
+
+def test_sigterm_while_the_camera_is_stalled_exits_cleanly(tmp_path, server):
+    server.start()
+    root = tmp_path / "root"
+    config = write_config(tmp_path / "cam1.toml", root, rtsp_source(server))
+    for attempt in range(5):
+        daemon = Daemon(config, tmp_path / "log")
+        assert wait_until(lambda: read_status(root).get("pid") == daemon.process.pid
+                          and read_status(root).get("frames_in", 0) > 5, 30), daemon.output()
+        server.pause()  # the camera hangs: the reader thread sits in a read that times out in 2 s
+        time.sleep(0.5 + 0.3 * attempt)
+        daemon.process.send_signal(signal.SIGTERM)
+        rc = daemon.process.wait(30)
+        server.resume()
+        assert rc == 0, (attempt, rc, daemon.output()[-2000:])  # was a segfault (rc -11) in 2 of 7
+        daemon.stop()

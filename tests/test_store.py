@@ -84,16 +84,24 @@ def test_a_puller_never_sees_a_partial_file_or_an_image_without_sidecar(tmp_path
     assert len(seen) > 5, "the puller did not look often enough to prove anything"
 
 
-def test_leftovers_of_a_crash_are_removed_at_start(tmp_path):
+def test_leftovers_of_a_crash_are_finished_or_removed_and_nothing_else_is_touched(tmp_path):
     (tmp_path / "tmp").mkdir()
-    (tmp_path / "tmp" / "x.jpg.123.partial").write_bytes(b"half")
+    partial = tmp_path / "tmp" / "x.jpg.tmp123.0123abcd"  # framecull's temp naming: partial by definition
+    partial.write_bytes(b"half")
+    users = tmp_path / "tmp" / "x.jpg.123.partial"  # not framecull's: never touched
+    users.write_bytes(b"mine")
     store = store_at(tmp_path)
     kept = Path(store.save(frame(1), decision(frame(1))))
-    orphan = kept.with_name("cam_20260528T000000.000000Z_000099.json")  # killed before its image
+    # killed between the two renames: the whole image is still in tmp/, its sidecar in frames/
+    image_bytes = kept.read_bytes()
+    kept.rename(tmp_path / "tmp" / f"{kept.name}.tmp999.deadbeef")
+    orphan = kept.with_name("cam_20260528T000000.000000Z_000099.json")  # e.g. the puller took its image
     orphan.write_text("{}")
-    store_at(tmp_path)
-    assert list((tmp_path / "tmp").iterdir()) == []
-    assert not orphan.exists() and kept.exists() and kept.with_suffix(".json").exists()
+    store.close()
+    store_at(tmp_path).close()
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == [users.name]
+    assert kept.read_bytes() == image_bytes and kept.with_suffix(".json").exists()
+    assert orphan.exists()
 
 
 def test_a_second_run_with_the_same_capture_times_overwrites_nothing(tmp_path):
@@ -113,7 +121,7 @@ def tiny_fs(tmp_path):
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
     yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    subprocess.run(["umount", "-l", str(mount)], check=False)  # -l: a Store left open holds its lock file
 
 
 def test_disk_full_raises_damages_nothing_and_recovers(tiny_fs):
@@ -171,10 +179,10 @@ def test_a_read_only_store_raises_with_the_cause(tmp_path):
 
 def test_from_config_reads_quality_budget_camera_and_digest(tmp_path):
     config = config_from_dict({"camera": "lot-north", "store": {"root": str(tmp_path / "root"), "quality": 70},
-                               "budget": {"max_bytes": "5MB"}})
+                               "budget": {"max_bytes": "500MB"}})
     store = Store.from_config(config)
     assert (store.root, store.camera, store.quality) == (tmp_path / "root", "lot-north", 70)
-    assert store.max_bytes == 5_000_000 and store.config_hash == config.digest()
+    assert store.max_bytes == 500_000_000 and store.config_hash == config.digest()
     assert Store.from_config(config, tmp_path / "elsewhere").root == tmp_path / "elsewhere"
 
 
@@ -233,3 +241,36 @@ def test_max_bytes_counts_what_the_puller_took_away(tmp_path):
         f = frame(i)
         store.save(f, decision(f))
     assert store.deleted == 0, "frames were deleted although the puller had made room"
+
+
+def test_one_process_per_root_but_one_process_may_reopen_it(tmp_path):
+    import sys
+
+    from framecull.store import StoreRootError
+
+    first = store_at(tmp_path)
+    again = store_at(tmp_path)  # a reload opens the new store before closing the old one
+    again.close()
+    code = ("import sys; from framecull.store import Store, StoreRootError\n"
+            "try:\n    Store(sys.argv[1], 'cam', 90, '', 0)\nexcept StoreRootError as e:\n    print(e); sys.exit(78)")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert other.returncode == 78 and f"pid {os.getpid()}" in other.stdout, other.stdout + other.stderr
+    first.close()
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert StoreRootError
+
+
+def test_check_root_names_what_is_wrong(tmp_path):
+    from framecull.store import StoreRootError, check_root
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for root, reason in ((afile, "is a file"), (afile / "sub", f"under {afile}")):
+        with pytest.raises(StoreRootError, match=reason):
+            check_root(root)
+    check_root(tmp_path / "new" / "root")  # can be made: fine, and nothing is made
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "ok" / "tmp").mkdir(parents=True)
+    check_root(tmp_path / "ok")
+    assert list((tmp_path / "ok" / "tmp").iterdir()) == []

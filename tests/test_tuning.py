@@ -52,7 +52,9 @@ def test_preview_pngs_show_masks_contours_and_the_real_decisions(tmp_path):
         assert image is not None and image.shape[1] == 640 and image.shape[0] > 360  # 320 x 180, twice, + text
         index = int(path.name.split("-")[0])
         assert path.name.endswith("-kept.png") == (index in kept), path.name
-    picture = cv2.imread(str(tmp_path / "000091-kept.png"))[:360].astype(int)  # a car drives in
+    arrival = SyntheticSource("parking_lot", 320).scene.events[0]  # a car drives in
+    [path] = [p for p in written if p.name.endswith("-kept.png") and arrival.start <= int(p.name[:6]) <= arrival.end]
+    picture = cv2.imread(str(path))[:360].astype(int)
     b, g, r = picture[..., 0], picture[..., 1], picture[..., 2]
     magenta = (r - g > 60) & (b - g > 60)
     assert magenta[130:200, 210:270].mean() > 0.9  # inside the mask polygon (x 0.3..0.45, y 0.3..0.6)

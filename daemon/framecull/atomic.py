@@ -9,21 +9,35 @@ fsynced, so the new file survives a power cut once write_atomic returns. On any 
 temp file is removed, the old target is left as it was, and the exception is raised: logging
 it (or not) is the caller's choice.
 
-Temp files are named `<target name>.tmp<pid>.<random>`; a crash can leave one behind, so an
-owner of a folder removes `<name>.tmp*` at start.
+Temp files are named `<target name>.tmp<pid>.<random>` (is_temp() recognises them); a crash can
+leave one behind, so an owner of a folder removes its own temp files at start, and only those.
+
+Two files that must appear in order (a frame's sidecar, then its image) are written in two steps:
+write_temp() for each, then commit() for each, so both are whole on disk before either appears.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Callable
 
 
+TEMP_NAME = re.compile(r"^(?P<target>.+)\.tmp\d+\.[0-9a-f]{8}$")
+
+
 def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], None],
                  temp_dir: str | Path | None = None) -> None:
     """Replace `path` with `data`: bytes, text (UTF-8), or a writer called with the temp file's path."""
+    commit(write_temp(path, data, temp_dir), path)
+
+
+def write_temp(path: str | Path, data: bytes | str | Callable[[Path], None],
+               temp_dir: str | Path | None = None) -> Path:
+    """Write `data` to a fsynced temp file for `path` (beside it, or in `temp_dir`); returns it.
+    On failure nothing is left behind and the exception is raised."""
     path = Path(path)
     temp = Path(temp_dir or path.parent) / f"{path.name}.tmp{os.getpid()}.{secrets.token_hex(4)}"
     try:
@@ -37,14 +51,35 @@ def write_atomic(path: str | Path, data: bytes | str | Callable[[Path], None],
         if callable(data):
             data(temp)
             _fsync_file(temp)
+    except BaseException:
+        discard(temp)
+        raise
+    return temp
+
+
+def commit(temp: Path, path: str | Path) -> None:
+    """Rename a temp file of write_temp() over `path` and make it durable; on failure the temp
+    file is removed and the exception raised."""
+    path = Path(path)
+    try:
         os.replace(temp, path)
     except BaseException:
-        try:
-            temp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the original failure is the one to report
+        discard(temp)
         raise
     fsync_dir(path.parent)
+
+
+def discard(temp: Path) -> None:
+    try:
+        temp.unlink(missing_ok=True)
+    except OSError:
+        pass  # the original failure is the one to report
+
+
+def is_temp(path: Path) -> str | None:
+    """The target name when `path` is a temp file of write_temp(), else None."""
+    match = TEMP_NAME.match(path.name)
+    return match["target"] if match else None
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -8,9 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
-from framecull.config import EX_CONFIG, Config, ConfigError, load_config, to_toml
+from framecull.config import EX_CONFIG, Config, ConfigError, config_from_dict, load_config, to_toml
 from framecull.replay import OutputInUse
 from framecull.sources import SourceError, open_source, with_recorded_source
+from framecull.store import StoreRootError
 
 EX_USAGE = 64  # sysexits.h: the command was used the wrong way
 EX_NOINPUT = 66  # sysexits.h: the input (source) does not exist or cannot be read
@@ -23,23 +24,49 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_check_config(args) -> int:
-    config = load_config(args.file)
+    from framecull import checks
+
+    config = checks.bind_instance(load_config(args.file), args.camera, args.file)
+    checks.check(config, args.file)  # the store root, the source: what can be known without the camera
     if config.gates.novelty.enabled:
         from framecull.gates.novelty import load_embedder
 
         load_embedder(config.gates.novelty)  # a missing or broken model fails here, not at start
-    sys.stdout.write(to_toml(config))
+    if not args.quiet:
+        sys.stdout.write(to_toml(config))
     return 0
 
 
 def cmd_replay(args) -> int:
-    from framecull.replay import DEFAULT_PARENT, new_output, replay, summary
+    from framecull.replay import DEFAULT_PARENT, new_output, replay, replay_stills, stills_summary, summary
 
     config = with_recorded_source(_load(args.config), args.source)
+    source = {key: value for key, value in (("time_format", args.time_format), ("timezone", args.timezone),
+                                            ("fps", args.fps)) if value is not None}
+    if args.mtime:
+        source["mtime"] = True
+    if source:  # validated like the same keys in a config file
+        config = config_from_dict({**config.model_dump(mode="json"),
+                                   "source": {**config.source.model_dump(mode="json"), **source}},
+                                  origin="command line")
     out = Path(args.out) if args.out else new_output(DEFAULT_PARENT, args.source)
-    runner = replay(config, open_source(config), out, resume=args.resume)
-    print(summary(runner, out))
-    if args.report:
+    if config.source.kind == "folder":
+        runs = replay_stills(config, Path(args.source), out, per_camera=args.per_camera, resume=args.resume,
+                             link=args.link, list_path=Path(args.list) if args.list else None)
+        print(stills_summary(runs))
+        if args.list:
+            print(f"list of every input file: {args.list}")
+        if args.report and args.per_camera:  # one page per camera: report.html -> report-<camera>.html
+            page = Path(args.report)
+            for run in runs:
+                _report(run.out, page.with_name(f"{page.stem}-{run.camera}{page.suffix}"),
+                        f"framecull replay: {Path(args.source).name}, camera {run.camera}")
+    else:
+        if args.per_camera or args.link or args.list:
+            raise SourceError("--per-camera, --link and --list are for a folder of stills")
+        runner = replay(config, open_source(config), out, resume=args.resume)
+        print(summary(runner, out))
+    if args.report and not args.per_camera:
         _report(out, Path(args.report), f"framecull replay: {Path(args.source).name}")
     return 0
 
@@ -115,6 +142,9 @@ def cmd_memory(args) -> int:
 
 def cmd_run(args) -> int:
     import os
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload before the service listens must not kill it
 
     from framecull.service.loop import SAVE_INTERVAL, STALL_AFTER, STATUS_INTERVAL, Service
 
@@ -122,10 +152,28 @@ def cmd_run(args) -> int:
     def seconds(name: str, default: float) -> float:
         return float(os.environ.get(name, default))
 
-    return Service(args.config,
-                   status_interval=seconds("FRAMECULL_STATUS_INTERVAL", STATUS_INTERVAL),
-                   save_interval=seconds("FRAMECULL_SAVE_INTERVAL", SAVE_INTERVAL),
-                   stall_after=seconds("FRAMECULL_STALL_AFTER", STALL_AFTER)).run()
+    service = Service(args.config, instance=args.camera,
+                      status_interval=seconds("FRAMECULL_STATUS_INTERVAL", STATUS_INTERVAL),
+                      save_interval=seconds("FRAMECULL_SAVE_INTERVAL", SAVE_INTERVAL),
+                      stall_after=seconds("FRAMECULL_STALL_AFTER", STALL_AFTER))
+    try:
+        status = service.run()
+    except ConfigError as exc:
+        print(f"framecull: config error: {exc}", file=sys.stderr)
+        status = EX_CONFIG
+    except SourceError as exc:  # a source that cannot exist is as permanent as a bad config
+        print(f"framecull: source error: {exc}", file=sys.stderr)
+        status = EX_CONFIG
+    except StoreRootError as exc:  # taken by another process since the check, or checked by the Store only
+        print(f"framecull: {exc}", file=sys.stderr)
+        status = EX_CONFIG
+    # Everything is saved and closed: end here, without the interpreter's teardown, which would
+    # run under a camera thread still inside a decoder call (a segfault) and with the signal
+    # handlers reset (a SIGHUP then kills).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def cmd_status(args) -> int:
@@ -157,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon for one camera (what the systemd service starts)")
     p.add_argument("--config", required=True, help="per-camera TOML, e.g. /etc/framecull/<camera>.toml")
+    p.add_argument("--camera", help="the systemd instance (framecull@<camera>): the config's camera must be "
+                                    "this or absent")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="what a running daemon reports: counters, source state, last decisions")
@@ -166,8 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print status.json as one JSON object")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("check-config", help="validate a per-camera TOML and print the effective config")
+    p = sub.add_parser("check-config", help="validate a per-camera TOML (keys, model, store root, source as far "
+                                            "as it is known without the camera) and print the effective config")
     p.add_argument("file")
+    p.add_argument("--camera", help="the systemd instance (framecull@<camera>): the config's camera must be "
+                                    "this or absent")
+    p.add_argument("--quiet", action="store_true", help="print only problems (systemctl reload runs this)")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("replay", help="run the pipeline offline over a video file or a folder of images")
@@ -179,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse the memory in --out on purpose: tune against what a camera already kept, "
                         "or finish an interrupted replay")
     p.add_argument("--report", help="also write a self-contained HTML report of the run to this file")
+    p.add_argument("--per-camera", action="store_true",
+                   help="stills: group them by camera (the part of the name before the time, else the "
+                        "subfolder); one memory and one output folder (OUT/<camera>/) per camera")
+    p.add_argument("--link", action="store_true",
+                   help="stills: hard-link kept stills from the input folder instead of copying them")
+    p.add_argument("--list", metavar="FILE",
+                   help="stills: copy nothing; write one CSV line per input file (file, camera, time, kept, "
+                        "stage, scores) to FILE")
+    p.add_argument("--time-format", help="stills: strptime format of the capture time in the names, for names "
+                                         "the built-in patterns do not know (e.g. 'IMG_%%d%%m%%Y_%%H%%M')")
+    p.add_argument("--timezone", help="stills: zone of capture times that carry none (default UTC)")
+    p.add_argument("--mtime", action="store_true",
+                   help="stills: date stills without a time in the name or EXIF by their file's modification time")
+    p.add_argument("--fps", type=float, help="frames per second: stills without any capture time are taken "
+                                             "1/fps s apart; a video is analysed at this rate")
     p.set_defaults(func=cmd_replay)
 
     from framecull import report
@@ -236,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         print(f"framecull: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except StoreRootError as exc:  # permanent until someone fixes the disk: systemd must not loop
+        print(f"framecull: {exc}", file=sys.stderr)
         return EX_CONFIG
     except SourceError as exc:
         print(f"framecull: {exc}", file=sys.stderr)

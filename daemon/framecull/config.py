@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 EX_CONFIG = 78  # sysexits.h: configuration error; systemd must not restart-loop on it
+
+MIN_VISIBLE = 0.01  # of the frame that the border and masks must leave to judge
+MIN_MAX_BYTES = 100 * 10**6  # a cap below this holds too few frames to be meant ("20" meant as 20 GB)
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Point = tuple[Fraction, Fraction]
@@ -22,13 +28,14 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 def parse_duration(value: str | int | float) -> float:
     """'45s', '30m', '2h', '30d' or a number of seconds -> seconds."""
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
-    else:
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"{value!r} is not a duration like '90s', '30m', '2h' or '7d'")
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:  # a list, a table, a date, true: ValueError, so pydantic names the key
+        raise ValueError(f"{value!r} is not a duration like '90s', '30m', '2h' or '7d'")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be finite")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -53,7 +60,8 @@ class SourceConfig(Section):
         "synthetic", "picamera2 | v4l2 | rtsp | file | folder | synthetic")
     uri: str = D("", "by kind: an rtsp:// URL, a /dev/video device, the picamera2 camera number, a video "
                      "file, an image folder, a synthetic scene name")
-    fps: float = D(0.0, "frames analysed per second; 0 = every frame the source delivers", ge=0.0, le=120.0)
+    fps: float = D(0.0, "frames analysed per second; 0 = every frame the source delivers; at least one an "
+                        "hour (0.0003)", ge=0.0, le=120.0)
     analysis_width: int = D(320, "width of the gray analysis plane every pixel gate looks at; its height "
                                  "keeps the aspect ratio", ge=32, le=1920)
     capture_size: tuple[int, int] = D((0, 0), "live cameras: [width, height] asked of the camera; [0, 0] = "
@@ -65,6 +73,36 @@ class SourceConfig(Section):
     timeout: Duration = D(5.0, "live cameras: a read that takes longer means the camera is gone "
                                "(opening gets twice this)")
     reconnect_max: Duration = D(60.0, "live cameras: reconnect delays double from 1 s up to this")
+    time_format: str = D("", "folder: strptime format of the capture time in the file names (\"IMG_%d%m%Y_%H%M\"), "
+                             "for names the built-in patterns do not know; \"\" = the built-in patterns only")
+    timezone: str = D("UTC", "folder: zone of capture times that carry none (a tz database name, "
+                             "\"Europe/Berlin\")")
+    mtime: bool = D(False, "folder: stills without a time in the name or EXIF are dated by their file's "
+                           "modification time")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from framecull.stills import zone_info
+
+        zone_info(v)
+        return v
+
+    @field_validator("time_format")
+    @classmethod
+    def _usable_format(cls, v: str) -> str:
+        from framecull.stills import format_regex
+
+        format_regex(v)
+        return v
+
+    @field_validator("fps")
+    @classmethod
+    def _at_least_one_an_hour(cls, v: float) -> float:
+        if 0 < v < 1 / 3600:
+            raise ValueError("fewer than one frame an hour switches the camera off; give at least 0.0003, or 0 "
+                             "for every frame")
+        return v
 
     @field_validator("timeout", "reconnect_max")
     @classmethod
@@ -101,6 +139,16 @@ class RegionsConfig(Section):
             raise ValueError("the crop leaves nothing of the frame (top+bottom and left+right must be < 1)")
         return v
 
+    @model_validator(mode="after")
+    def _leaves_something_to_judge(self) -> "RegionsConfig":
+        from framecull.regions import valid_mask  # the gates' own mask, drawn on a small plane
+
+        seen = float(valid_mask((120, 160), self).mean()) / 255
+        if seen < MIN_VISIBLE:
+            raise ValueError(f"the border and masks leave {seen:.1%} of the frame to judge (at least "
+                             f"{MIN_VISIBLE:.0%} is needed): nothing would ever be kept")
+        return self
+
 
 class LightingConfig(Section):
     min_change: float = D(0.2, "a change of mean brightness by this ratio (either way) is a new lighting "
@@ -109,15 +157,19 @@ class LightingConfig(Section):
 
 
 class MotionVectorsConfig(Section):
-    enabled: bool = D(True, "drop frames whose H.264 motion vectors show nothing moving; passes "
-                            "everything when the source has no vectors")
-    min_magnitude: float = D(1.0, "pixels a 16x16 block must move to count", ge=0.0, le=64.0)
-    min_area: Fraction = D(0.002, "fraction of the frame the moving blocks must cover")
+    enabled: bool | Literal["auto"] = D(
+        "auto", "drop frames whose H.264 motion vectors show nothing moving; auto = where the vectors come "
+                "with the stream (file, rtsp), not picamera2 (its lores encoder would run only for them and "
+                "costs more than the change gate it spares); true = there too; false = never")
+    min_magnitude: float = D(1.0, "pixels a 16x16 block must move to count, at least", ge=0.0, le=64.0)
+    noise_factor: float = D(4.0, "a block counts when its vector is this many times longer than the "
+                                 "stream's vector noise (RMS, measured on still blocks)", ge=1.0, le=20.0)
+    min_area: Fraction = D(0.0005, "fraction of the frame the moving blocks must cover")
     min_cluster: int = D(2, "moving blocks that must touch; a lone block is noise", ge=2, le=1000)
-    hold_frames: int = D(5, "frames still passed after motion stops (an event's last frames, B-frames)",
+    hold_frames: int = D(2, "frames still passed after motion stops (an event's last frames)",
                          ge=0, le=10000)
-    count_intra: bool = D(True, "intra-coded blocks count as new content; false for cameras with rolling "
-                                "intra refresh")
+    max_gap: Duration = D(2.0, "one frame passes when none passed for this long, so that what vectors cannot "
+                               "see (a slow creep, light) reaches the change gate; 0 = never")
 
 
 class ChangeConfig(Section):
@@ -187,7 +239,7 @@ class GatesConfig(Section):
 
 class PacingConfig(Section):
     min_interval: Duration = D(1.0, "while candidates keep coming, keep at most one frame (the most novel) "
-                                    "per this much capture time")
+                                    "per this much time; at most 1 h", le=3600.0)
     heartbeat: Duration = D(0.0, "when nothing was kept this long, one frame skips the cheap gates and "
                                  "goes to novelty; 0 = off")
 
@@ -195,7 +247,17 @@ class PacingConfig(Section):
 class BudgetConfig(Section):
     max_per_hour: int = D(0, "kept frames per rolling hour; 0 = no cap", ge=0)
     max_per_day: int = D(0, "kept frames per rolling day; 0 = no cap", ge=0)
-    max_bytes: ByteSize = D(ByteSize(0), "cap on frames/ on disk (\"20GB\"), oldest deleted first; 0 = no cap")
+    max_bytes: ByteSize = D(ByteSize(0), "cap on frames/ on disk (\"20GB\"), oldest deleted first; 0 = no cap; "
+                                         "at least 100MB")
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _holds_frames(cls, v: ByteSize) -> ByteSize:
+        if 0 < v < MIN_MAX_BYTES:
+            raise ValueError(f"{int(v)} bytes hold only a few frames (a 1080p frame is about 0.5 MB): every kept "
+                             f"frame would be deleted as it is written while the memory keeps it; give a size "
+                             f"like \"20GB\" (at least 100MB), or 0 for no cap")
+        return v
 
 
 class StoreConfig(Section):
@@ -205,6 +267,14 @@ class StoreConfig(Section):
 
 class ServiceConfig(Section):
     metrics: str = D("", "Prometheus endpoint, e.g. \"127.0.0.1:9108\"; off when empty")
+
+    @field_validator("metrics")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if v and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"{v!r} is not HOST:PORT with a port from 1 to 65535")
+        return v
 
 
 class Config(Section):
@@ -253,19 +323,49 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
+    if text.startswith("\ufeff"):
+        raise ConfigError(f"{path}: starts with a byte-order mark (BOM, U+FEFF): save it as UTF-8 without BOM")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed TOML: arrays or tables nested too deeply") from None
     return config_from_dict(data, origin=str(path))
 
 
 def config_from_dict(data: dict, origin: str = "<config>") -> Config:
+    """Validated strictly, as JSON types: `quality = true` or `enabled = "yes"` are refused, not
+    coerced; a TOML date or time is refused wherever it stands (no key takes one)."""
     try:
-        return Config.model_validate(data)
+        dates = _dates(data)
+        if dates:
+            raise ConfigError("\n".join(f"{origin}: {_key(loc)}: {value.isoformat()} is a TOML date/time, which "
+                                         "no key takes" for loc, value in dates))
+        return Config.model_validate_json(json.dumps(data, default=_json_value), strict=True)
     except ValidationError as exc:
         lines = [f"{origin}: {_key(e['loc'])}: {_reason(e)}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: arrays or tables nested too deeply") from None
+
+
+def _dates(data, loc: tuple = ()) -> list[tuple[tuple, object]]:
+    """(key path, value) of every TOML date or time in `data`."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, (list, tuple)) else ()
+    found = []
+    for key, value in items:
+        if isinstance(value, (datetime.date, datetime.time)):
+            found.append(((*loc, key), value))
+        else:
+            found += _dates(value, (*loc, key))
+    return found
+
+
+def _json_value(value):
+    if isinstance(value, (tuple, Path)):
+        return list(value) if isinstance(value, tuple) else str(value)
+    raise TypeError(f"{value!r} is not a config value")
 
 
 def to_toml(config: Section, explain: bool = True) -> str:

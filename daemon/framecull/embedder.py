@@ -71,6 +71,7 @@ class Embedder:
         self._output = spec.output or outputs[0]
         self._configure_input()
         self.dim = int(self._run(np.zeros((self.height, self.width, 3), np.uint8)).size)
+        self._probe()
         self.grid = spec.grid or self._metadata_grid()
         if self.grid is not None:
             cols, rows = self.grid
@@ -146,6 +147,20 @@ class Embedder:
         self._affine = (spec.scale != 1.0 or any(spec.mean) or any(s != 1.0 for s in spec.std))
         self._mean = np.asarray(spec.mean, np.float32)
         self._std = np.asarray(spec.std, np.float32)
+
+    def _probe(self) -> None:
+        """Refuse a model that cannot tell pictures apart: NaN or infinite output, or the same output
+        for two very different pictures (with it the novelty gate would keep everything, or nothing)."""
+        h, w = self.height, self.width
+        ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :, None].repeat(h, 0).repeat(3, 2)
+        stripes = np.zeros((h, w, 3), np.float32)
+        stripes[(np.arange(h) // max(1, h // 8)) % 2 == 1] = 255
+        a, b = (self._run(picture.astype(np.uint8)) for picture in (ramp, stripes))
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            raise self._fail("its output holds NaN or infinite values: it cannot compare pictures")
+        if np.allclose(a, b, rtol=1e-4, atol=1e-6):
+            raise self._fail("its output is the same for very different pictures (a constant): it cannot "
+                             "compare pictures; is `output` the right tensor?")
 
     def _metadata_grid(self) -> tuple[int, int] | None:
         value = self._session.get_modelmeta().custom_metadata_map.get("framecull.grid")

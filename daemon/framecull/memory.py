@@ -34,6 +34,12 @@ transaction; the frames the server already pulled away cannot be re-embedded and
 This module is the only code that knows the `kept` table: tools that only read it (the report)
 use kept_files(), which needs no model.
 
+At open the memory checks itself: a file SQLite cannot read, one that fails its integrity check
+(PRAGMA quick_check, once per process) or lacks the schema is moved aside to
+memory.sqlite.damaged-<UTC time> and a new one is started, which the runner fills again from the
+frames on disk (Memory.forgotten); rows whose embedding is not `dim` finite float16 values are
+dropped with a warning. Embeddings with NaN are refused (ValueError), never stored.
+
 Threading: one writer thread owns a Memory (the pipeline's), and only one process opens a root
 at a time. No locks are taken; FAISS runs single-threaded.
 
@@ -47,9 +53,10 @@ them again.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
+import os
 import sqlite3
+import time as clock
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -81,10 +88,17 @@ REBUILD_BATCH = 1_000  # rows per step when rebuilding, so memory use stays near
 MIN_CANDIDATES = 32  # FAISS candidates re-ranked exactly: the pooled index only approximates the order
 INDEX_FILE = "index.faiss"
 FP16 = faiss.ScalarQuantizer.QT_fp16
+DB_FILE = "memory.sqlite"
+COLUMNS = {"id", "time", "file", "embedding", "model", "threshold", "nearest_id", "nearest_distance", "light"}
+_checked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of memory files checked by this process
 
 
 class ModelMismatch(Exception):
     """The memory was built with another embedding model than the one configured."""
+
+
+class DamagedMemory(Exception):
+    """memory.sqlite cannot serve as the memory: not a database, failing its integrity check."""
 
 
 class Memory:
@@ -105,17 +119,75 @@ class Memory:
         self.root.mkdir(parents=True, exist_ok=True)
         faiss.omp_set_num_threads(1)
 
-        self._db = sqlite3.connect(self.root / "memory.sqlite", check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        with self._db:
-            self._db.executescript(SCHEMA)
-        self._stale = self._check_model(rebuild)  # rows of another model, awaiting reembed()
-        self._remove_stale_temp_files()
-        self._dirty = False
-        self._index = self._new_index() if self._stale else self._load_index()
+        try:
+            self._open(rebuild)
+        except DamagedMemory as exc:
+            self._move_aside(exc)
+            self._open(rebuild)
 
     # -- opening -------------------------------------------------------------------------
+
+    def _open(self, rebuild: bool) -> None:
+        self._db = self._open_db()
+        try:
+            self._stale = self._check_model(rebuild)  # rows of another model, awaiting reembed()
+            if not self._stale:
+                self._drop_malformed_rows()
+            self._remove_stale_temp_files()
+            self._dirty = False
+            self._index = self._new_index() if self._stale else self._load_index()
+        except sqlite3.OperationalError:  # locked, read-only, no space: the disk, not the file
+            self._db.close()
+            raise
+        except sqlite3.DatabaseError as exc:  # a damaged page met while opening
+            self._db.close()
+            raise DamagedMemory(str(exc)) from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open_db(self) -> sqlite3.Connection:
+        path = self.root / DB_FILE
+        db = sqlite3.connect(path, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            key = (os.stat(path).st_dev, os.stat(path).st_ino)
+            if key not in _checked:  # reads every page: once per process, not at every reload
+                problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise DamagedMemory("; ".join(problems))
+                _checked.add(key)
+            with db:
+                db.executescript(SCHEMA)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(kept)")}
+            if not COLUMNS <= columns:
+                raise DamagedMemory(f"table kept lacks columns {sorted(COLUMNS - columns)}")
+            return db
+        except sqlite3.OperationalError:  # locked, read-only, no space: the disk, not the file
+            db.close()
+            raise
+        except (sqlite3.DatabaseError, DamagedMemory) as exc:  # not a database, malformed
+            db.close()
+            raise exc if isinstance(exc, DamagedMemory) else DamagedMemory(str(exc)) from exc
+
+    def _move_aside(self, problem: Exception) -> None:
+        aside = f"{DB_FILE}.damaged-{clock.strftime('%Y%m%dT%H%M%SZ', clock.gmtime())}"
+        for suffix in ("", "-wal", "-shm"):
+            source = self.root / (DB_FILE + suffix)
+            if source.exists():
+                source.replace(self.root / (aside + suffix))
+        log.error("%s: memory.sqlite is damaged (%s): moved aside to %s; starting a new memory, filled again "
+                  "from the kept frames still on disk", self.root, problem, aside)
+
+    def _drop_malformed_rows(self) -> None:
+        bad = [r[0] for r in self._db.execute(
+            "SELECT id FROM kept WHERE typeof(embedding) != 'blob' OR length(embedding) != ?", (2 * self.dim,))]
+        if bad:
+            log.warning("%s: dropping %d rows whose embedding is not %d float16 values: ids %s",
+                        self.root, len(bad), self.dim, bad[:10])
+            with self._db:
+                self._db.executemany("DELETE FROM kept WHERE id = ?", [(i,) for i in bad])
 
     def _check_model(self, rebuild: bool) -> bool:
         """Record the model in meta; True when the memory is another model's (allowed by rebuild),
@@ -195,14 +267,15 @@ class Memory:
         cursor = self._db.execute("SELECT id, embedding FROM kept ORDER BY id")
         malformed = []
         while batch := cursor.fetchmany(REBUILD_BATCH):
-            good = [(i, blob) for i, blob in batch if len(blob) == 2 * self.dim]
-            malformed += [i for i, blob in batch if len(blob) != 2 * self.dim]
+            good = [(i, blob) for i, blob in batch
+                    if len(blob) == 2 * self.dim and np.isfinite(_from_blob(blob)).all()]
+            malformed += sorted({i for i, _ in batch} - {i for i, _ in good})
             if good:
                 ids = np.array([i for i, _ in good], dtype=np.int64)
                 vectors = np.stack([_from_blob(blob) for _, blob in good])
                 index.add_with_ids(self._index_vectors(vectors), ids)
         if malformed:  # cannot be compared with anything: drop them from the truth as well
-            log.warning("%s: dropping %d rows whose embedding is not %d float16 values: ids %s",
+            log.warning("%s: dropping %d rows whose embedding is not %d finite float16 values: ids %s",
                         self.root, len(malformed), self.dim, malformed[:10])
             with self._db:
                 self._db.executemany("DELETE FROM kept WHERE id = ?", [(i,) for i in malformed])
@@ -216,6 +289,8 @@ class Memory:
         v = np.asarray(vector, dtype=np.float32).reshape(-1)
         if v.shape[0] != self.dim:
             raise ValueError(f"expected a {self.dim}-d embedding, got {v.shape[0]} values")
+        if not np.isfinite(v).all():
+            raise ValueError("the embedding holds NaN or infinite values (a broken model?)")
         length = np.linalg.norm(v)
         return v / length if length > 0 else v
 
@@ -252,6 +327,30 @@ class Memory:
         self._index.add_with_ids(self._index_vectors(half.astype(np.float32)[None]), np.array([row_id], dtype=np.int64))
         self._dirty = True
         return row_id
+
+    def forgotten(self, files: list[str]) -> list[str]:
+        """Of the stored files given (relative to root; names sort by capture time), those this
+        memory should hold and does not: the ones stored after the newest remembered frame (a stop
+        between storing and remembering), or all of them when the memory is empty (missing, or
+        damaged and moved aside: said loudly)."""
+        newest = self._db.execute("SELECT file FROM kept ORDER BY id DESC LIMIT 1").fetchone()
+        if newest is None:
+            if files:
+                log.error("%s: the memory is empty beside %d kept frames on disk: remembering them again "
+                          "from their images. Frames already pulled away cannot be: scenes like theirs may "
+                          "be kept again", self.root, len(files))
+            return list(files)
+        later = [f for f in files if f > newest[0]]
+        known = set()
+        for start in range(0, len(later), 500):  # SQLite takes a limited number of parameters
+            chunk = later[start:start + 500]
+            known |= {r[0] for r in self._db.execute(
+                f"SELECT file FROM kept WHERE file IN ({','.join('?' * len(chunk))})", chunk)}
+        missing = [f for f in later if f not in known]
+        if missing:
+            log.warning("%s: %d kept frames on disk are not in the memory (stopped between storing and "
+                        "remembering them): remembering them now", self.root, len(missing))
+        return missing
 
     def get_vectors(self, ids: Iterable[int]) -> np.ndarray:
         """float32 [len(ids), dim] from SQLite, in the order given; KeyError for an unknown id."""
@@ -417,9 +516,8 @@ def kept_files(root: Path) -> dict[int, str]:
 def _release_freed_memory() -> None:
     """Hand the heap that a rebuild freed back to the OS (glibc keeps it otherwise: +150 MB
     resident after rebuilding 100k fine-grid vectors). A no-op where malloc_trim is missing."""
-    libc = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(libc).malloc_trim(0)
+    try:  # the process's own symbols: ctypes.util.find_library would start a subprocess each time
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError, TypeError):
         pass
 

@@ -41,6 +41,13 @@ MOTION_VECTOR_DTYPE = np.dtype([
 
 PAST, INTRA = -1, 0  # values of `source`
 
+# FFmpeg's AVMotionVector (libavutil/motion_vector.h), as PyAV's MotionVectors.to_ndarray() gives it.
+FFMPEG_RECORD = np.dtype({
+    "names": ["source", "w", "h", "src_x", "src_y", "dst_x", "dst_y", "flags", "motion_x", "motion_y", "motion_scale"],
+    "formats": ["<i4", "u1", "u1", "<i2", "<i2", "<i2", "<i2", "<u8", "<i4", "<i4", "<u2"],
+    "offsets": [0, 4, 5, 6, 8, 10, 12, 16, 24, 28, 32], "itemsize": 40, "aligned": True,
+})
+
 # Codecs whose FFmpeg decoder exports vectors with flags2=+export_mvs (HEVC, VP8/9, AV1 do not).
 EXPORTING_CODECS = frozenset({
     "h264", "mpeg1video", "mpeg2video", "mpeg4", "h263", "h263p", "msmpeg4v1", "msmpeg4v2", "msmpeg4v3",
@@ -83,7 +90,8 @@ def from_av_frame(frame: av.VideoFrame) -> np.ndarray | None:
     side_data = frame.side_data.get(av.sidedata.sidedata.Type.MOTION_VECTORS)
     if side_data is None:
         return None
-    return from_ffmpeg(side_data.to_ndarray(), frame.width, frame.height)
+    # A view of FFmpeg's buffer, not a copy (to_ndarray copies): this runs for every frame.
+    return from_ffmpeg(np.frombuffer(side_data, FFMPEG_RECORD), frame.width, frame.height)
 
 
 def from_ffmpeg(raw: np.ndarray, width: int, height: int) -> np.ndarray:

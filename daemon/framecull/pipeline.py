@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import bisect
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from framecull.config import BudgetConfig, Config, PacingConfig
-from framecull.frame import Frame
+from framecull.frame import BadPicture, Frame
 from framecull.gates import Gate
+
+log = logging.getLogger("framecull.pipeline")
 
 
 @dataclass
@@ -22,9 +25,17 @@ class Decision:
     # heartbeat, or "store" (chosen, but it could not be written)
     scores: dict[str, dict] = field(default_factory=dict)  # gate name -> that gate's scores
     path: str | None = None  # the stored image, when kept
+    file: str | None = None  # the input file, for frames read from files (stills)
+    camera: str | None = None  # the camera the input file's name tells
+
+    @classmethod
+    def for_frame(cls, frame: Frame) -> "Decision":
+        """A frame's decision before any gate judged it."""
+        return cls(frame.index, frame.timestamp, kept=False, stage="source",
+                   file=getattr(frame, "file", None), camera=getattr(frame, "camera", None))
 
     def to_json(self) -> dict:
-        return {
+        line = {
             "index": self.index,
             "timestamp": round(self.timestamp, 6),
             "kept": self.kept,
@@ -32,6 +43,9 @@ class Decision:
             "scores": self.scores,
             "path": self.path,
         }
+        if self.file is not None:
+            line.update(file=self.file, camera=self.camera)
+        return line
 
 
 class Budget:
@@ -61,8 +75,13 @@ class Pipeline:
     pipeline chose, and says whether it was stored (see framecull.runner, which owns the failure
     policy). The pipeline never reads a gate's scores: pacing ranks candidates by Verdict.rank.
 
+    Time: pacing, heartbeat and budgets measure Frame.clock (never backwards; see
+    framecull.sources.steady), not the capture time, which is only a label and may jump.
+
+    A picture outside the bounds of framecull.frame (BadPicture) is dropped at stage "source".
+
     Event pacing (`min_interval` > 0): while candidates keep coming, at most one frame is kept
-    per `min_interval` seconds of capture time: the first candidate opens a window, the candidate
+    per `min_interval` seconds: the first candidate opens a window, the candidate
     of the window with the highest rank is kept when it closes, the others end at stage "pacing".
     Decisions are held back while a window is open, so they still come out in input order.
 
@@ -87,14 +106,14 @@ class Pipeline:
     def push(self, frame: Frame) -> list[Decision]:
         """Judge one frame; returns the decisions that are final now, in input order."""
         ready: list[Decision] = []
-        if self._window_end is not None and frame.timestamp >= self._window_end:
+        if self._window_end is not None and frame.clock >= self._window_end:
             ready += self.flush()
         decision, rank = self._judge(frame)
         if rank is not None and self.min_interval <= 0:
             self._keep(frame, decision)
         elif rank is not None:
             if self._window_end is None:
-                self._window_end = frame.timestamp + self.min_interval
+                self._window_end = frame.clock + self.min_interval
             if self._best is None or rank > self._best[2]:
                 if self._best is not None:
                     self._best[1].stage = "pacing"
@@ -124,14 +143,19 @@ class Pipeline:
     def _judge(self, frame: Frame) -> tuple[Decision, float | None]:
         """The frame's decision so far, and its rank when it is a candidate (None: dropped)."""
         if self._last_kept is None:
-            self._last_kept = frame.timestamp
-        heartbeat = self.heartbeat > 0 and frame.timestamp - self._last_kept >= self.heartbeat
+            self._last_kept = frame.clock
+        heartbeat = self.heartbeat > 0 and frame.clock - self._last_kept >= self.heartbeat
         if heartbeat:
-            self._last_kept = frame.timestamp  # one attempt per heartbeat period, kept or not
-        decision = Decision(frame.index, frame.timestamp, kept=False, stage="source")
+            self._last_kept = frame.clock  # one attempt per heartbeat period, kept or not
+        decision = Decision.for_frame(frame)
         rank = 0.0
         for gate in self.gates:
-            verdict = gate.judge(frame)
+            try:
+                verdict = gate.judge(frame)
+            except BadPicture as exc:
+                log.warning("frame %d dropped: %s", frame.index, exc, extra={"STAGE": "source"})
+                decision.scores, decision.stage = {}, "source"
+                return decision, None
             decision.scores[gate.name] = verdict.scores
             decision.stage = gate.name
             if not verdict.passed and not (heartbeat and gate.cheap):
@@ -143,14 +167,14 @@ class Pipeline:
         return decision, rank
 
     def _keep(self, frame: Frame, decision: Decision) -> None:
-        if not self.budget.allows(frame.timestamp):
+        if not self.budget.allows(frame.clock):
             decision.stage = "budget"
             return
         if not self.commit(frame, decision):
             return
         decision.kept = True
-        self._last_kept = frame.timestamp
-        self.budget.record(frame.timestamp)
+        self._last_kept = frame.clock
+        self.budget.record(frame.clock)
 
     def save(self) -> None:
         """Save what the gates hold on disk (the novelty memory's index), without closing."""

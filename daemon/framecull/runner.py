@@ -10,7 +10,12 @@ what the device does.
 Failure policy, one for all: a kept frame the store cannot write (disk full, read-only) ends at
 stage "store" and counts as not written; a kept frame the memory cannot commit (SQLite error)
 stays kept and counts as not remembered. Both are logged (at most one line per minute per kind,
-with the count), the run goes on, and nothing already kept is touched.
+with the count), the run goes on, and nothing already kept is touched. A store root that cannot
+be used at all raises StoreRootError at start (exit 78).
+
+At start, kept frames on disk that a gate was never told of (the process was killed between the
+store's rename and the memory's commit; a memory lost, or damaged and moved aside) are told now
+through the same on_kept, so every stored image has its memory row.
 
 A sink is anything with `write(decision)` and `close()`; decisions reach the sinks in input
 order, each once.
@@ -58,7 +63,12 @@ class Runner:
         self.root = Path(root) if root is not None else config.store_root
         self.sinks = list(sinks)
         self.store = Store.from_config(config, self.root) if write else None
-        gates = build_gates(config, self.root) if gates is None else gates
+        try:
+            gates = build_gates(config, self.root) if gates is None else gates
+        except BaseException:
+            if self.store is not None:
+                self.store.close()  # its lock on the root
+            raise
         self.pipeline = Pipeline(gates, config.pacing, config.budget, self._commit)
         self.frames_in = 0
         self.kept = 0
@@ -70,6 +80,8 @@ class Runner:
         self._last_push = time.monotonic()
         self._last_error: dict[str, float] = {}
         self._closed = False
+        if self.store is not None:
+            self._reconcile()
 
     @property
     def lost(self) -> int:
@@ -122,6 +134,8 @@ class Runner:
                 log.error("cannot save the memory index: %s", exc, extra={"STAGE": "memory"})
             for sink in self.sinks:
                 sink.close()
+            if self.store is not None:
+                self.store.close()
 
     def __enter__(self) -> "Runner":
         return self
@@ -153,16 +167,28 @@ class Runner:
                 decision.stage = "store"
                 self._error("store", f"kept frame not written ({self.not_written} so far): {exc}")
                 return False
-        for gate in self.pipeline.gates:
+        self._remember(self.pipeline.gates, frame, decision.path)
+        return True
+
+    def _remember(self, gates: list[Gate], frame: Frame, path: str | None) -> None:
+        for gate in gates:
             try:
-                gate.on_kept(frame, decision.path)
-            except (sqlite3.Error, OSError, RuntimeError) as exc:
+                gate.on_kept(frame, path)
+            except (sqlite3.Error, OSError, RuntimeError, ValueError) as exc:
                 # SQLite rolled back and the index is touched only after a commit: the memory stays
                 # consistent and takes the next frame once the disk is back. The image stays kept.
+                # ValueError: an embedding the memory refuses (NaN).
                 self.not_remembered += 1
-                self._error("memory", f"kept frame {decision.path or frame.index} not remembered "
+                self._error("memory", f"kept frame {path or frame.index} not remembered "
                                       f"({self.not_remembered} so far): {exc}")
-        return True
+
+    def _reconcile(self) -> None:
+        images = self.store.images()
+        for gate in self.pipeline.gates:
+            for image in gate.forgotten(images):
+                frame = self.store.load(image, self.config.source.analysis_width)
+                if frame is not None:
+                    self._remember([gate], frame, str(image))
 
     def _error(self, kind: str, message: str) -> None:
         # A full disk fails every write: one line a minute is enough for the journal.

@@ -30,6 +30,29 @@ case $cmd in
     *[!A-Za-z0-9._/=,+*\ -]*) refuse "unexpected character in the command" ;;
 esac
 
+# A path CAMERA/frames/... must not pass through a symbolic link from frames/ down: a link on the
+# device (frames/parent -> ..) would lead out of frames/, to memory.sqlite and beyond. (rrsync
+# confines paths to DIR and refuses -L/-k, which would follow links inside a pulled tree.)
+no_links() {
+    camera=${1%%/*}
+    set +f  # CAMERA may be '*': expand it here, once
+    for camera_dir in "$dir"/$camera; do
+        set -f
+        sub=$camera_dir
+        old_ifs=$IFS
+        IFS=/
+        for part in ${1#*/}; do
+            [ -n "$part" ] || continue
+            sub=$sub/$part
+            if [ -L "$sub" ]; then
+                refuse "$1 passes through the symbolic link ${sub#"$dir"/}"
+            fi
+        done
+        IFS=$old_ifs
+    done
+    set -f
+}
+
 set -f  # the words below are checked, never globbed here
 # shellcheck disable=SC2086  # split into words on purpose
 set -- $cmd
@@ -43,6 +66,7 @@ for arg in "$@"; do
         esac
         printf '%s\n' "$arg" | grep -Eq '^([A-Za-z0-9_-][A-Za-z0-9._-]*|\*)/frames(/[A-Za-z0-9._-]*)*$' ||
             refuse "$arg is not inside <camera>/frames/"
+        no_links "$arg"
         paths=$((paths + 1))
         continue
     fi

@@ -30,7 +30,8 @@ while read -r host port rest <&3; do
     # -R keeps <camera>/frames/ in the destination; '*' is expanded on the device (by rrsync);
     # --ignore-missing-args: a device whose cameras have kept nothing yet is not an error.
     status=0
-    rsync -a --relative --remove-source-files --ignore-missing-args --timeout=120 -e "$ssh" \
+    # --no-links: a symbolic link on the device is neither copied into this tree nor followed.
+    rsync -a --no-links --relative --remove-source-files --ignore-missing-args --timeout=120 -e "$ssh" \
         "$user@$host:*/frames/" "$dest/$host/" </dev/null || status=$?
     case $status in
         0) ;;

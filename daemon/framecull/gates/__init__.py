@@ -8,13 +8,16 @@ gate that ranks), so the pipeline never reads a gate's scores.
 
 `cheap` gates are skipped by a heartbeat frame (their verdict is recorded, not obeyed), which
 goes on to the gates that decide novelty. `on_kept(frame, path)` tells a gate the frame was
-stored (the novelty gate remembers only what was really kept); `save()` writes what it holds to
-disk and `close()` releases it (the novelty gate's memory).
+stored (the novelty gate remembers only what was really kept); `forgotten(images)` names the
+stored images it was never told of (a crash between storing and remembering), which the runner
+tells it at start; `save()` writes what it holds to disk and `close()` releases it (the novelty
+gate's memory).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from framecull.frame import Frame
 
@@ -36,6 +39,11 @@ class Gate:
 
     def on_kept(self, frame: Frame, path: str | None) -> None:
         pass
+
+    def forgotten(self, images: list[Path]) -> list[Path]:
+        """Of the stored images (oldest first), those this gate should have been told of by
+        on_kept and was not. A gate that remembers nothing forgets nothing."""
+        return []
 
     def save(self) -> None:
         pass

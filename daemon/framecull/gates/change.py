@@ -8,6 +8,11 @@ Per frame, on the small gray analysis plane:
   threshold adapted to the measured noise and contrast -> drop masked pixels -> open (removes
   speckle and thin rain streaks) -> dilate (joins an object's fragments) -> external contours
   -> sum the areas of contours above min_area -> candidate when the sum reaches min_changed.
+
+Stills (frames more than STILLS_GAP apart: a snapshot every few minutes) are a regime of their own:
+between two of them the whole scene may really change (dusk to night, floodlights, snow), so a
+broad difference is not evidence of noise. The noise floor of the threshold then comes from each
+picture's own grain (image_noise), not from the difference, and the novelty gate decides.
 """
 
 from __future__ import annotations
@@ -33,6 +38,14 @@ NOISE_SIGMAS = 3.5
 # three quarters of the frame really changed.
 Q25_OF_ABS_GAUSSIAN = 0.3186
 
+# Frames further apart than this (seconds) are stills, not a stream: far beyond the frame interval
+# of any video, and long enough for the light and the scene to change everywhere at once.
+STILLS_GAP = 10.0
+# Immerkær's noise operator: blind to flat areas and linear gradients; on white noise of sigma s its
+# response has sigma 6 s. The median of its magnitude ignores the edges of the scene.
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+MEDIAN_OF_ABS_GAUSSIAN = 0.6745
+
 _KERNEL3 = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
 # Camera shake the change gate tolerates, as a fraction of the frame width: +-2 px at the
 # default analysis width of 320 (+-4 px of a 640 px picture).
@@ -54,6 +67,20 @@ def _match_lut(cdf_cur: np.ndarray, cdf_ref: np.ndarray) -> np.ndarray:
     return np.interp(mid, ranks, levels).astype(np.float32)
 
 
+def image_noise(gray: np.ndarray) -> float:
+    """Sigma of the grain of one gray picture (sensor noise, JPEG, the finest texture), in grey levels."""
+    response = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER)[1:-1, 1:-1]
+    return float(np.median(np.abs(response))) / (6 * MEDIAN_OF_ABS_GAUSSIAN)
+
+
+def blur_noise_gain(blur: int) -> float:
+    """How much a Gaussian blur of this kernel size scales white noise's sigma."""
+    if blur <= 1:
+        return 1.0
+    kernel = cv2.getGaussianKernel(blur, 0).ravel()
+    return float(np.sum(kernel ** 2))  # separable: sqrt(sum k2d^2) = sum k1d^2
+
+
 def _spread(cdf: np.ndarray) -> float:
     q25, q75 = np.searchsorted(cdf, [0.25, 0.75])
     return float(q75 - q25) / 1.349
@@ -68,6 +95,7 @@ class ChangeMeasure:
     small: list  # contours below min_area
     light: float  # brightness change against the reference: max(cur/ref, ref/cur) - 1
     first: bool  # no reference yet
+    stills: bool = False  # far apart from the frame before: the noise comes from the pictures' grain
 
 
 class ChangeGate(Gate):
@@ -79,6 +107,7 @@ class ChangeGate(Gate):
         "contours": "changed areas that count",
         "light": "change of mean brightness against the reference (a ratio, minus 1)",
         "first": "true for the first frame (no reference yet)",
+        "stills": "true when the frame came long after the one before (stills): the noise is each picture's grain",
     }
 
     def __init__(self, cfg: ChangeConfig, regions: RegionsConfig, lighting: LightingConfig) -> None:
@@ -90,6 +119,9 @@ class ChangeGate(Gate):
         self._ref_cdf: np.ndarray | None = None
         self._ref_spread = NORMAL_CONTRAST
         self._ref_mean = 0.0
+        self._ref_gray: np.ndarray | None = None  # the reference's unblurred plane (its grain, for stills)
+        self._ref_noise: float | None = None
+        self._last_time: float | None = None  # clock of the frame judged last
 
     def _prepare(self, gray: np.ndarray) -> np.ndarray:
         if self._valid is None or self._valid.shape != gray.shape:
@@ -119,9 +151,13 @@ class ChangeGate(Gate):
         matched = cv2.LUT(blurred, _match_lut(_cdf(blurred, self._valid), self._ref_cdf))
         diff = cv2.max(cv2.max(cv2.subtract(matched, self._ref_high), cv2.subtract(self._ref_low, matched)), 0.0)
 
-        sample = diff[::3, ::3][self._valid[::3, ::3] > 0]
-        k = len(sample) // 4
-        noise = float(np.partition(sample, k)[k]) / Q25_OF_ABS_GAUSSIAN if k else 0.0
+        stills = self._last_time is not None and abs(frame.clock - self._last_time) > STILLS_GAP
+        if stills:
+            noise = self._stills_noise(frame.gray)
+        else:
+            sample = diff[::3, ::3][self._valid[::3, ::3] > 0]
+            k = len(sample) // 4
+            noise = float(np.partition(sample, k)[k]) / Q25_OF_ABS_GAUSSIAN if k else 0.0
         contrast = min(1.0, max(MIN_CONTRAST_FACTOR, self._ref_spread / NORMAL_CONTRAST))
         threshold = max(self.cfg.threshold * contrast, NOISE_SIGMAS * noise)
 
@@ -141,15 +177,25 @@ class ChangeGate(Gate):
                 total += a
             else:
                 small.append(contour)
-        return ChangeMeasure(total / area, threshold, noise, accepted, small, light, first=False), blurred
+        return ChangeMeasure(total / area, threshold, noise, accepted, small, light, first=False,
+                             stills=stills), blurred
+
+    def _stills_noise(self, gray: np.ndarray) -> float:
+        """Noise sigma of the difference of two independent pictures, each with its own grain."""
+        own = image_noise(gray)
+        if self._ref_noise is None:
+            self._ref_noise = image_noise(self._ref_gray) if self._ref_gray is not None else own
+        return float(np.hypot(own, self._ref_noise)) * blur_noise_gain(self.cfg.blur)
 
     def judge(self, frame: Frame) -> Verdict:
         m, blurred = self.measure(frame)
         light_step = 0 < self.light_change <= m.light
         passed = m.first or m.changed >= self.cfg.min_changed or light_step
         reference = self.cfg.reference
+        self._last_time = frame.clock
         if m.first or reference == "previous" or (passed and reference == "last_judged"):
             self._set_reference(blurred)
+            self._ref_gray, self._ref_noise = frame.gray, None
         elif reference == "background":
             cv2.accumulateWeighted(blurred.astype(np.float32), self._ref, self.cfg.background_rate)
             self._set_reference(cv2.convertScaleAbs(self._ref), keep=self._ref)
@@ -162,4 +208,6 @@ class ChangeGate(Gate):
         }
         if m.first:
             scores["first"] = True
+        if m.stills:
+            scores["stills"] = True
         return Verdict(passed, scores, rank=m.changed)

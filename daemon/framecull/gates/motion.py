@@ -1,18 +1,25 @@
-"""Motion-vector gate: did enough of the (unmasked) picture move, by the encoder's own vectors?
+"""Motion-vector gate: did something move, by the encoder's own vectors?
 
-Per frame, on the 16x16 macroblock grid, with no pixel work at all:
-  a block moves when its vector (the mean of its partitions' vectors) is longer than
-  min_magnitude pixels, or when the encoder coded it without a vector (intra block in a P/B
-  frame: new content, e.g. something appearing)
-  -> keep a moving block only when a neighbour (8-connected) moves the same way: sensor noise
-     gives vectors too, but scattered ones that point anywhere
-  -> drop blocks not wholly inside the border crop and outside the masks of [regions]
-  -> drop clusters of fewer than min_cluster blocks
-  -> motion when the remaining blocks cover min_area of the frame.
+Sensor noise makes an encoder emit vectors too: short ones in many blocks, long ones now and
+then, runs of them sliding along straight edges, and intra blocks everywhere once the noise is
+strong. On the 16x16 macroblock grid, with no pixel work, a frame shows motion when:
+  a block's vector (the mean of its partitions' vectors above the threshold) is longer than the
+    stream's vector noise allows: `noise_factor` times the RMS length of the vectors outside the
+    blocks found moving (a floor estimated online, like the change gate's grey-level noise), and
+    at least `min_magnitude` pixels; intra blocks never count (noise makes them common, and they
+    carry no direction)
+  -> a neighbour (8-connected) moves the same way: noise vectors point anywhere
+  -> it continues motion of the previous frame: near where its content came from, a block
+     moved in the same direction (within 45 degrees) in the previous frame. Noise does not
+     persist along its own vectors; objects do
+  -> it lies wholly inside the border crop and outside the masks of [regions]
+  -> clusters of at least min_cluster such blocks cover min_area of the frame.
 
-The gate leans towards recall: it never waits for confirmation, keeps passing `hold_frames`
-frames after motion stops (an event's last frames reach the next gates), and passes frames whose
-motion is unknown (key frames; sources without vectors).
+No event is lost to it: it passes frames whose motion is unknown (key frames, sources without
+vectors), keeps passing `hold_frames` frames after motion stops, and passes one frame whenever
+it passed none for `max_gap` seconds, so what vectors cannot see (an object creeping under a
+pixel a frame, a change of light) still reaches the change gate, which compares with the last
+frame it passed and so sees the change add up.
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ import numpy as np
 from framecull.config import MotionVectorsConfig, RegionsConfig
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
-from framecull.regions import any_region, valid_mask
 from framecull.motion_vectors import BLOCK, INTRA, MOTION_VECTOR_DTYPE
+from framecull.regions import any_region, valid_mask
 
 log = logging.getLogger("framecull.gate.motion_vectors")
 
@@ -34,10 +41,19 @@ log = logging.getLogger("framecull.gate.motion_vectors")
 # this fraction of the shorter one (a walking person's limbs and torso do not move as one).
 SAME_WAY_PIXELS = 1.0
 SAME_WAY_FRACTION = 0.5
+# A block continues the previous frame's motion when the angle between the two is below this
+# (the lengths may differ: with B-frames consecutive pictures refer to references 1 to 3 frames away).
+CONTINUES_COS2 = 0.5  # cos(45 degrees) squared
+# A noise vector longer than this many pixels counts as this long in the noise estimate, so that
+# the rare wild vector (or a moving block the gate missed) does not raise the floor much.
+NOISE_CLIP = 4.0
+NOISE_RATE = 0.05  # weight of each frame in the running noise estimate (about 20 frames)
 
 # Unknown frames in a row, before any vector was seen, that mean the source has no vectors
 # (one key frame alone is normal).
 NO_VECTORS_RUN = 3
+
+_AROUND = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
 
 
 def _picture_size(vectors: np.ndarray, analysis_shape: tuple[int, int]) -> tuple[int, int]:
@@ -56,119 +72,161 @@ class MotionVectorGate(Gate):
         "moving": "fraction of the frame covered by blocks that count as moving",
         "blocks": "blocks that count as moving",
         "clusters": "clusters of moving blocks",
+        "noise": "the stream's vector noise: RMS length in pixels of the vectors of still blocks",
         "hold": "frames since motion stopped, while they are still passed",
+        "gap": "true when passed only because no frame passed for max_gap seconds",
     }
 
     def __init__(self, cfg: MotionVectorsConfig, regions: RegionsConfig) -> None:
-        self.min_magnitude = cfg.min_magnitude
-        self.min_area = cfg.min_area
-        self.min_cluster = cfg.min_cluster
-        self.hold_frames = cfg.hold_frames
-        self.count_intra = cfg.count_intra
+        self.cfg = cfg
         self.regions = regions
-        self._valid: np.ndarray | None = None  # uint8 per block: 255 where it may count as motion
+        self._valid: np.ndarray | None = None  # uint8 per block: 1 where it may count as motion
         # Masks are drawn on the picture, whose height (1080) the padded block grid (1088) hides.
         self._needs_picture_size = any_region(regions)
         self._grid: tuple[int, int] | None = None
         self._picture_size: tuple[int, int] | None = None  # (height, width) in pixels
+        self._noise2: float | None = None  # mean square length of still blocks' vectors, px^2
+        self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # moving-way blocks, vx, vy
+        self._judged: tuple = (None, None, 0)  # the last judged frame's vectors, moving blocks, clusters
         self._hold = 0  # frames still passed after the last motion
+        self._last_passed: float | None = None  # frame clock
         self._seen_vectors = False
         self._unknown_run = 0
         self._told_no_vectors = False
 
     def _valid_blocks(self, rows: int, cols: int) -> np.ndarray:
         if self._valid is None or self._valid.shape != (rows, cols):
-            # Drawn on the picture, then padded to whole macroblocks (1080 -> 1088 rows): the
-            # picture's height is the grid's width times the analysis plane's aspect.
+            # Drawn on the picture, then padded to whole macroblocks (1080 -> 1088 rows).
             height, width = self._picture_size or (rows * BLOCK, cols * BLOCK)
             pixels = np.full((rows * BLOCK, cols * BLOCK), 255, np.uint8)
             pixels[:height, :width] = valid_mask((height, width), self.regions)[: rows * BLOCK, : cols * BLOCK]
             # A block counts only when all its pixels may count: motion inside a mask
             # (a clock) must not leak through the blocks along the mask's edge.
-            self._valid = pixels.reshape(rows, BLOCK, cols, BLOCK).min(axis=(1, 3))
+            self._valid = (pixels.reshape(rows, BLOCK, cols, BLOCK).min(axis=(1, 3)) > 0).astype(np.uint8)
         return self._valid
 
-    def moving_blocks(self, vectors: np.ndarray) -> tuple[np.ndarray, int]:
-        """bool grid (rows, cols) of the blocks that count as moving, and how many clusters they form."""
+    def _detect(self, vectors: np.ndarray) -> tuple[np.ndarray | None, int, tuple | None, float]:
+        """The blocks that count as moving (None: none), their clusters, what the next frame continues
+        (this frame's blocks moving the same way as a neighbour, and their vectors, on the padded
+        grid), and this frame's noise sample (mean square length of the still blocks' vectors, px^2).
+        Changes no state."""
         if vectors.dtype != MOTION_VECTOR_DTYPE:
             raise TypeError(f"motion vectors must have framecull.motion_vectors.MOTION_VECTOR_DTYPE, got {vectors.dtype}")
-        if len(vectors) == 0:
-            return np.zeros((0, 0), bool), 0
-        x, y, source, dx, dy = vectors["x"], vectors["y"], vectors["source"], vectors["dx"], vectors["dy"]
-        # Blocks are at most a macroblock and never straddle one.
-        cols, rows = int(x.max()) // BLOCK + 1, int(y.max()) // BLOCK + 1
-        intra = source == INTRA
-        min_speed2 = self.min_magnitude ** 2
-        fast_vectors = (dx * dx + dy * dy > min_speed2) & ~intra
-        if not (fast_vectors.any() or (self.count_intra and intra.any())):
-            return np.zeros((rows, cols), bool), 0  # the common still frame, cheaply
-        if min(x.min(), y.min()) < 0:
-            raise ValueError("motion vectors: a block starts left of or above the picture")
+        dx, dy, source = vectors["dx"], vectors["dy"], vectors["source"]
+        speed2 = dx * dx + dy * dy  # 0 for intra rows
+        clipped = np.minimum(speed2, NOISE_CLIP ** 2)
+        inter = np.count_nonzero(source)
+        sample = float(clipped.sum()) / max(inter, 1)
+        noise2 = sample if self._noise2 is None else self._noise2
+        threshold2 = max(self.cfg.min_magnitude ** 2, self.cfg.noise_factor ** 2 * noise2)
+        fast_vectors = np.flatnonzero(speed2 > threshold2)
+        if not len(fast_vectors):  # a still frame with little noise, cheaply
+            return None, 0, None, sample
 
+        x, y = vectors["x"], vectors["y"]
+        cols, rows = int(x.max()) // BLOCK + 1, int(y.max()) // BLOCK + 1
         # Block indices in a grid padded by one block all round, so that every block has 8 neighbours.
         padded_cols, size = cols + 2, (rows + 2) * (cols + 2)
-        block = (y // BLOCK + 1).astype(np.intp) * padded_cols + x // BLOCK + 1
-        # A block's motion: the mean of its vectors (partitions, both directions of a B block), those
-        # from a future reference turned around, so that noise in one small partition averages out.
-        # Only blocks with a fast vector can have a fast mean.
-        with_fast = np.zeros(size, bool)
-        with_fast[block[fast_vectors]] = True
-        members = with_fast[block] & ~intra
-        forward = np.where(source[members] > 0, -1.0, 1.0)
-        count = np.maximum(np.bincount(block[members], minlength=size), 1)
-        vx = np.bincount(block[members], dx[members] * forward, size) / count
-        vy = np.bincount(block[members], dy[members] * forward, size) / count
+        block = (y[fast_vectors] // BLOCK + 1).astype(np.intp) * padded_cols + x[fast_vectors] // BLOCK + 1
+        # A block's vector: the mean of its fast partitions' vectors (where its content was in the
+        # reference; a future reference's turned round). Only the few fast vectors are looked at.
+        turn = np.where(source[fast_vectors] > 0, -1.0, 1.0)
+        count = np.maximum(np.bincount(block, minlength=size), 1)
+        vx = np.bincount(block, dx[fast_vectors] * turn, size) / count
+        vy = np.bincount(block, dy[fast_vectors] * turn, size) / count
         speed2 = vx * vx + vy * vy
-        fast = speed2 > min_speed2
-        new = np.zeros(size, bool)
-        if self.count_intra:
-            new[block[intra]] = True
-        candidates = np.flatnonzero(fast | new)
+        fast = speed2 > threshold2
+        candidates = np.flatnonzero(fast)
 
-        # A candidate counts when one of its 8 neighbours moves the same way (or is new content).
-        around = candidates[:, None] + np.array([-padded_cols - 1, -padded_cols, -padded_cols + 1, -1, 1,
-                                                 padded_cols - 1, padded_cols, padded_cols + 1])
+        # Moving the same way as one of its 8 neighbours.
+        offsets = _AROUND[:, 0] * padded_cols + _AROUND[:, 1]
+        around = candidates[:, None] + offsets
         ddx, ddy = vx[around] - vx[candidates, None], vy[around] - vy[candidates, None]
         tolerance2 = np.maximum(SAME_WAY_PIXELS ** 2,
                                 SAME_WAY_FRACTION ** 2 * np.minimum(speed2[around], speed2[candidates, None]))
-        same_way = fast[around] & fast[candidates, None] & (ddx * ddx + ddy * ddy <= tolerance2)
-        supported = (same_way | new[around] | (new[candidates, None] & fast[around])).any(axis=1)
+        same_way = candidates[(fast[around] & (ddx * ddx + ddy * ddy <= tolerance2)).any(axis=1)]
+        moving_way = np.zeros(size, bool)
+        moving_way[same_way] = True
+        previous = (moving_way, vx, vy)
+        if not len(same_way):
+            return None, 0, previous, sample
 
+        # Continuing the previous frame's motion: around where the content was in the previous
+        # picture, a block that moved the same way (within 45 degrees) then.
         grid = np.zeros(size, np.uint8)
-        grid[candidates[supported]] = 1
+        if self._previous is not None and self._previous[0].size == size:
+            before, bvx, bvy = self._previous
+            row, col = np.divmod(same_way, padded_cols)
+            row = np.clip(row + np.rint(vy[same_way] / BLOCK).astype(np.intp), 1, rows)
+            col = np.clip(col + np.rint(vx[same_way] / BLOCK).astype(np.intp), 1, cols)
+            there = (row * padded_cols + col)[:, None] + np.r_[0, offsets]
+            dot = bvx[there] * vx[same_way, None] + bvy[there] * vy[same_way, None]
+            lengths2 = (bvx[there] ** 2 + bvy[there] ** 2) * speed2[same_way, None]
+            continues = (before[there] & (dot > 0) & (dot * dot >= CONTINUES_COS2 * lengths2)).any(axis=1)
+            grid[same_way[continues]] = 1
         grid = grid.reshape(rows + 2, padded_cols)[1:-1, 1:-1] & self._valid_blocks(rows, cols)
         if not grid.any():
-            return grid.astype(bool), 0
+            return None, 0, previous, sample
         _, labels, stats, _ = cv2.connectedComponentsWithStats(grid, connectivity=8)
-        big = stats[:, cv2.CC_STAT_AREA] >= self.min_cluster
+        big = stats[:, cv2.CC_STAT_AREA] >= self.cfg.min_cluster
         big[0] = False  # the background
-        return big[labels], int(big.sum())
+        moving = big[labels]
+        # The noise is what still blocks show: leave the moving ones out of the sample.
+        all_blocks = (y // BLOCK).astype(np.intp) * cols + x // BLOCK
+        in_motion = moving.ravel()[all_blocks] & (source != INTRA)
+        if inter > np.count_nonzero(in_motion):
+            sample = float(clipped[~in_motion].sum()) / (inter - np.count_nonzero(in_motion))
+        return moving, int(big.sum()), previous, sample
+
+    def moving_blocks(self, vectors: np.ndarray) -> tuple[np.ndarray, int]:
+        """bool grid (rows, cols) of the blocks that count as moving, and how many clusters they form:
+        of the frame just judged when these are its vectors, else as the next frame would be judged."""
+        if len(vectors) == 0:
+            return np.zeros((0, 0), bool), 0
+        moving, clusters = self._judged[1:] if vectors is self._judged[0] else self._detect(vectors)[:2]
+        if moving is None:
+            moving = np.zeros((int(vectors["y"].max()) // BLOCK + 1, int(vectors["x"].max()) // BLOCK + 1), bool)
+        return moving, clusters
 
     def judge(self, frame: Frame) -> Verdict:
         vectors = frame.motion_vectors
-        if vectors is not None and len(vectors) and self._needs_picture_size:
+        if vectors is not None and len(vectors) == 0:
+            vectors = None
+        if vectors is not None and self._needs_picture_size:
             grid = (int(vectors["y"].max()) // BLOCK + 1, int(vectors["x"].max()) // BLOCK + 1)
             if grid != self._grid:  # once per stream: the only time a dropped frame builds its gray plane
                 self._grid, self._valid = grid, None
                 self._picture_size = _picture_size(vectors, frame.gray.shape)
         if vectors is None:
+            self._previous = None  # a key frame: the next frame's vectors cannot continue anything
             self._unknown_run += 1
             if not self._seen_vectors and self._unknown_run >= NO_VECTORS_RUN and not self._told_no_vectors:
                 log.info("no motion vectors from this source: the motion-vector gate passes every frame")
                 self._told_no_vectors = True
-            return Verdict(True, {"unknown": True, "moving": None, "blocks": None, "clusters": None})
+            return self._pass(frame, {"unknown": True, "moving": None, "blocks": None, "clusters": None})
         self._seen_vectors = True
         self._unknown_run = 0
 
-        grid, clusters = self.moving_blocks(vectors)
-        blocks = int(grid.sum())
-        area = blocks / grid.size if grid.size else 0.0
-        scores = {"unknown": False, "moving": round(area, 6), "blocks": blocks, "clusters": clusters}
-        if blocks and area >= self.min_area:
-            self._hold = self.hold_frames
-            return Verdict(True, scores)
+        moving, clusters, self._previous, sample = self._detect(vectors)
+        self._judged = (vectors, moving, clusters)
+        self._noise2 = sample if self._noise2 is None else self._noise2 + NOISE_RATE * (sample - self._noise2)
+        blocks = 0 if moving is None else int(moving.sum())
+        area = 0.0 if moving is None else blocks / moving.size
+        scores = {"unknown": False, "moving": round(area, 6), "blocks": blocks, "clusters": clusters,
+                  "noise": round(float(self._noise2) ** 0.5, 3)}
+        if blocks and area >= self.cfg.min_area:
+            self._hold = self.cfg.hold_frames
+            return self._pass(frame, scores)
         if self._hold > 0:
             self._hold -= 1
-            scores["hold"] = self.hold_frames - self._hold  # 1 for the first still frame after motion
-            return Verdict(True, scores)
+            scores["hold"] = self.cfg.hold_frames - self._hold  # 1 for the first still frame after motion
+            return self._pass(frame, scores)
+        if self.cfg.max_gap > 0 and (self._last_passed is None
+                                     or not 0 <= frame.clock - self._last_passed < self.cfg.max_gap):
+            scores["gap"] = True
+            return self._pass(frame, scores)
         return Verdict(False, scores)
+
+    def _pass(self, frame: Frame, scores: dict) -> Verdict:
+        self._last_passed = frame.clock
+        return Verdict(True, scores)

@@ -201,6 +201,10 @@ class NoveltyGate(Gate):
                         light)
         self.memory.evict(frame.timestamp)
 
+    def forgotten(self, images: list[Path]) -> list[Path]:
+        by_file = {self._relative(str(p)): p for p in images}
+        return [by_file[f] for f in self.memory.forgotten(list(by_file))]
+
     def _relative(self, path: str | None) -> str:
         """The image path relative to the memory's root (the store root), as the memory records it."""
         if not path:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import queue
 import threading
 
-from framecull.sources import Source, iter_frames
+from framecull.config import Config
+from framecull.sources import Source, iter_frames, open_source
 
 END = object()  # the source has no more frames
+
+
+def open_camera(config: Config) -> Source:
+    """The configured source as the daemon reads it: a synthetic scene plays as a live camera
+    (real time, wall-clock stamps, endless); every other kind as open_source opens it."""
+    if config.source.kind == "synthetic":
+        from framecull.sources.synthetic import SyntheticCamera
+
+        return SyntheticCamera(config.source)
+    return open_source(config)
 
 
 class Feeder:

@@ -8,12 +8,17 @@ import sys
 import time
 from collections import Counter
 
+from framecull.pipeline import Decision
+
+log = logging.getLogger("framecull.kept")
+
 ERROR_EVERY = 60.0  # identical warnings and errors: at most one per this many seconds
+MAX_KEYS = 256
 
 
 class RateLimit(logging.Filter):
-    """At most one warning or error per message (its format string) every `every` seconds; the
-    next one that passes says how many were suppressed."""
+    """At most one identical warning or error (the same logger and text) every `every` seconds;
+    the next one that passes says how many were suppressed."""
 
     def __init__(self, every: float = ERROR_EVERY) -> None:
         super().__init__()
@@ -24,8 +29,10 @@ class RateLimit(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, str(record.msg))
+        key = (record.name, record.getMessage())  # the text, so each different reason gets through
         now = time.monotonic()
+        if len(self._last) > MAX_KEYS:  # many different messages: forget the ones that passed long ago
+            self._last = {k: t for k, t in self._last.items() if now - t < self.every}
         if key in self._last and now - self._last[key] < self.every:
             self._suppressed[key] += 1
             return False
@@ -59,3 +66,33 @@ def setup_logging(camera: str, verbose: bool = False) -> None:
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
+class KeptLog:
+    """A runner sink: one INFO line per kept frame. In the journal it carries STAGE (the stage
+    that decided), FRAME (the stored image), INDEX (the frame's number) and every score
+    as SCORE_<GATE>_<NAME>, so `journalctl -u framecull@cam STAGE=novelty` lists what was kept."""
+
+    def write(self, decision: Decision) -> None:
+        if not decision.kept:
+            return
+        fields = {"STAGE": decision.stage, "INDEX": decision.index, "FRAME": decision.path or ""}
+        shown = []
+        for gate, scores in decision.scores.items():
+            for name, value in scores.items():
+                if value is None:
+                    continue
+                if isinstance(value, float):
+                    value = round(value, 4)
+                fields[_field(f"SCORE_{gate}_{name}")] = value
+                shown.append(f"{gate}.{name}={value}")
+        log.info("kept frame %d (%s): %s [%s]", decision.index, decision.stage, decision.path, " ".join(shown),
+                 extra=fields)
+
+    def close(self) -> None:
+        pass
+
+
+def _field(name: str) -> str:
+    """A journal field name: upper-case letters, digits and underscores."""
+    return "".join(c if c.isalnum() else "_" for c in name.upper())

@@ -7,22 +7,34 @@ lets the runner close an open pacing window, writes the status, saves the index 
 watchdog.
 
 systemd (sd_notify over NOTIFY_SOCKET):
-  READY=1     once the config is valid, the model loaded, the memory open and a first frame in
+  READY=1     once the config is valid, the store root usable, the model loaded, the memory open
+              and the source opened; not waiting for a first frame: a camera that is offline
+              at boot must neither hold up boot nor make systemd restart the service (the
+              source reconnects inside the daemon, STATUS says "waiting for camera")
   STATUS=...  a one-line summary, every `status_interval` seconds
   WATCHDOG=1  every WATCHDOG_USEC / 2, and only while frames flow or a live source is making
               progress reconnecting: a hung pipeline or a hung decode stops the pings and
               systemd restarts the service
   STOPPING=1  when shutting down
 
+Exit status: 0 when stopped (or a recorded source ended); 78 (EX_CONFIG, which the unit does
+not restart) for what no restart can fix: a bad config, an instance/camera mismatch, an
+unusable store root, a source that cannot exist (a bad URL, a missing file or module), a
+recording that breaks; 1 when a live source breaks in a way that is not the camera being away
+(systemd restarts it). A camera that is away is no error: it is retried inside, forever.
+
 Signals: SIGTERM/SIGINT finish the current frame, flush the pacing window, save the index, close
-the source and exit 0. SIGHUP reloads the config file: an invalid one is logged and ignored; a
-valid one replaces the runner (the old one is flushed and closed, the new one opens the same
-memory from disk, so nothing is forgotten, and its gates start with a fresh reference frame);
-a changed [source] reopens the source.
+the source and exit 0. SIGHUP reloads the config file: an invalid one is logged and ignored
+(the unit's ExecReload= checks it first, so `systemctl reload` fails on it); a valid one
+replaces the runner (the old one is flushed and closed, the new one opens the same memory from
+disk, so nothing is forgotten, and its gates start with a fresh reference frame); a changed
+[source] reopens the source.
 """
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import os
 import signal
@@ -30,13 +42,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from framecull.config import Config, ConfigError, load_config
+from framecull import checks
+from framecull.config import EX_CONFIG, Config, ConfigError, load_config
 from framecull.runner import Runner
-from framecull.service.feeder import END, Feeder
-from framecull.service.logs import setup_logging
+from framecull.service.feeder import END, Feeder, open_camera
+from framecull.service.logs import KeptLog, setup_logging
 from framecull.service.notify import Watchdog, notify
 from framecull.service.status import Tally, start_metrics, utc, write_status
-from framecull.sources import open_source
 
 log = logging.getLogger("framecull.service")
 
@@ -46,11 +58,38 @@ STALL_AFTER = 300.0  # no frame for this long: log loudly (then again every as l
 TICK = 0.5  # longest wait for a frame before the loop does its periodic work
 
 
+def release_memory() -> None:
+    """Free a replaced runner now and give the freed heap back to the system.
+
+    A runner and its pipeline refer to each other (the pipeline calls back Runner._commit), so
+    only a full collection frees an old one with its onnxruntime session and FAISS index: ~4 MB
+    of native memory the collector cannot see, and in a heap this large full collections are
+    rare (every config-changing reload leaked that much). malloc_trim then returns the pages
+    that two runners side by side needed during the reload (+10% RSS for good otherwise)."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent on musl
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 class Service:
-    def __init__(self, config_path: str | Path, status_interval: float = STATUS_INTERVAL,
-                 save_interval: float = SAVE_INTERVAL, stall_after: float = STALL_AFTER,
-                 tick: float = TICK) -> None:
+    """`instance`: the systemd instance name (framecull@<instance>): the config's camera must be
+    it or absent (checks.bind_instance)."""
+
+    def __init__(self, config_path: str | Path, instance: str | None = None,
+                 status_interval: float = STATUS_INTERVAL, save_interval: float = SAVE_INTERVAL,
+                 stall_after: float = STALL_AFTER, tick: float = TICK) -> None:
         self.config_path = Path(config_path)
+        self.instance = instance
         self.status_interval = status_interval
         self.save_interval = save_interval
         self.stall_after = stall_after
@@ -60,6 +99,7 @@ class Service:
         self.runner: Runner | None = None
         self.feeder: Feeder | None = None
         self.tally = Tally()
+        self.kept_log = KeptLog()
         self.metrics = None
         self.started = time.time()
         self.frames_in = 0
@@ -78,8 +118,14 @@ class Service:
 
     def _runner(self, config: Config) -> Runner:
         """A runner for `config`; ConfigError for a model or memory that cannot be used."""
-        sinks = [self.tally] + ([self.metrics] if self.metrics else [])
+        sinks = [self.tally, self.kept_log] + ([self.metrics] if self.metrics else [])
         return Runner(config, sinks=sinks)
+
+    def load(self) -> Config:
+        """The config file, bound to the instance, with every permanent problem refused (ConfigError)."""
+        config = checks.bind_instance(load_config(self.config_path), self.instance, str(self.config_path))
+        checks.check(config, str(self.config_path))
+        return config
 
     @property
     def not_written(self) -> int:
@@ -99,13 +145,19 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):  # first: a signal during start-up is not lost
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
-        self.config = load_config(self.config_path)
+        self.config = self.load()
         setup_logging(self.config.camera, verbose=logging.getLogger().level == logging.DEBUG)
         self.metrics = start_metrics(self.config.service.metrics)
         self.runner = self._runner(self.config)
-        self.feeder = Feeder(open_source(self.config), self.config.source.fps)
-        log.info("started: source %s %s, store %s", self.config.source.kind, self.config.source.uri,
+        try:
+            self.feeder = Feeder(open_camera(self.config), self.config.source.fps)
+        except BaseException:
+            self.runner.close()
+            raise
+        log.info("ready: source %s %s, store %s", self.config.source.kind, self.config.source.uri or "(default)",
                  self.config.store_root)
+        self._ready = True
+        notify(f"READY=1\nSTATUS={self.summary()}")
         status = 0
         try:
             status = self._loop()
@@ -132,15 +184,16 @@ class Service:
                 return 0
             if isinstance(item, Exception):
                 log.error("the source failed: %s: %s", type(item).__name__, item, extra={"STAGE": "source"})
-                return 1
+                # A camera reconnects by itself, so this is a fault a restart may cure; a recording
+                # that breaks breaks again (78: systemd does not restart on it).
+                return 1 if self.feeder.source.live else EX_CONFIG
             if item is not None:
                 self._last_frame = now
                 self.frames_in += 1
                 self.runner.push(item)
-                if not self._ready:
-                    self._ready = True
-                    notify("READY=1")
-                    log.info("ready: first frame in")
+                if self.frames_in == 1:
+                    log.info("first frame in")
+                    self._next_status = 0.0  # say "streaming" at once
             else:
                 self.runner.idle()  # a stalled camera must not hold a pacing window open
             if self.metrics:
@@ -191,7 +244,7 @@ class Service:
         if self.source_ended:
             return "ended"
         if self._last_frame is None:
-            state = "starting"
+            state = "waiting for camera" if self.feeder and self.feeder.source.live else "starting"
         elif now - self._last_frame < max(5.0, 2 * self.tick):
             state = "streaming"
         elif now - self._last_frame >= self.stall_after:
@@ -240,9 +293,9 @@ class Service:
 
     def reload(self) -> None:
         try:
-            config = load_config(self.config_path)
+            config = self.load()
         except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
+            log.error("reload refused, keeping the running config: %s", exc, extra={"STAGE": "config"})
             return
         if config == self.config:
             log.info("reload: %s unchanged", self.config_path)
@@ -253,21 +306,23 @@ class Service:
         try:
             runner = self._runner(config)
         except Exception as exc:  # ConfigError (model, memory), or the store root unusable
-            log.error("reload refused, keeping the running config: %s", exc)
+            log.error("reload refused, keeping the running config: %s", exc, extra={"STAGE": "config"})
             return
         old_runner.close()
         self.not_written_before += old_runner.not_written
         self.not_remembered_before += old_runner.not_remembered
         self.runner, self.config = runner, config
+        del old_runner
+        release_memory()
         if config.source != old_config.source:
             log.info("reload: [source] changed: reopening it")
             self.feeder.close()
             try:
-                source = open_source(config)
+                source = open_camera(config)
             except Exception as exc:
                 log.error("reload: cannot open the new source (%s): going back to the old one", exc)
                 self.config = config.model_copy(update={"source": old_config.source})
-                source = open_source(self.config)
+                source = open_camera(self.config)
             self.feeder = Feeder(source, self.config.source.fps)
         if config.service.metrics != old_config.service.metrics:
             log.warning("reload: [service] metrics changes take effect at the next restart")

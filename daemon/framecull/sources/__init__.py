@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -53,19 +55,52 @@ class Source:
         self.close()
 
 
+MAX_STEP = 30 * 86400.0  # seconds; a source clock that leaps further (or runs back) restarted its timestamps
+LAST_DATE = 253402300799.0  # 9999-12-31T23:59:59Z: a capture time beyond cannot name a file
+
+
+def steady(frames: Iterator[Frame]) -> Iterator[Frame]:
+    """Frames whose clock (what pacing, throttling and budgets measure) never runs backwards nor
+    leaps by more than MAX_STEP: a file whose timestamps restart (`cat a.ts b.ts`) or jump by 1e12 s
+    goes on from the previous frame at its usual spacing, with one warning. The capture time stays
+    what the source says (a label: stills keep the time in their names), unless it is no date at
+    all (beyond the year 9999): then it is the previous one plus the usual spacing."""
+    last: Frame | None = None
+    offset, spacing = 0.0, 0.04
+    for frame in frames:
+        clock = frame.clock + offset
+        if last is not None:
+            step = clock - last.clock
+            if not 0.0 <= step <= MAX_STEP:  # NaN too
+                log.warning("frame %d: the source's time %s by %.6g s (its timestamps restarted?): going on "
+                            "from the previous frame", frame.index, "went back" if step < 0 else "leapt", abs(step))
+                if math.isfinite(clock):
+                    offset += last.clock + spacing - clock
+                clock = last.clock + spacing
+            elif step > 0:
+                spacing = step
+        elif not math.isfinite(clock):
+            clock = time.monotonic()
+        frame.clock = clock
+        if not 0.0 <= frame.timestamp <= LAST_DATE:
+            frame.timestamp = last.timestamp + spacing if last is not None else time.time()
+        last = frame
+        yield frame
+
+
 def throttle(frames: Iterator[Frame], fps: float) -> Iterator[Frame]:
-    """Pass at most `fps` frames per second of capture time (0: all of them)."""
+    """Pass at most `fps` frames per second of the frames' clock (0: all of them)."""
     if fps <= 0:
         yield from frames
         return
     period = 1.0 / fps
     due = None
     for frame in frames:
-        if due is None or frame.timestamp >= due - 1e-6:
+        if due is None or frame.clock >= due - 1e-6 or frame.clock < due - 2 * period:
             # Step from the due time, not the frame time, so 12.5 fps -> 5 fps stays 5 fps;
-            # after a gap (a stalled camera) start again from the frame.
-            due = frame.timestamp if due is None or frame.timestamp - due > period else due
-            due += period
+            # after a gap (a stalled camera), or a clock that went back, start again from the frame.
+            restart = due is None or not 0 <= frame.clock - due <= period
+            due = (frame.clock if restart else due) + period
             yield frame
 
 
@@ -74,8 +109,9 @@ def open_source(config: Config) -> Source:
     s, vectors = config.source, config.gates.motion_vectors.enabled
     if s.kind == "folder":
         from framecull.sources.folder import FolderSource
+        from framecull.stills import naming_of
 
-        return FolderSource(s.uri, s.analysis_width, s.fps)
+        return FolderSource(s.uri, s.analysis_width, s.fps, naming_of(s))
     if s.kind == "file":
         from framecull.sources.video import VideoFileSource
 
@@ -110,4 +146,4 @@ def with_recorded_source(config: Config, path: str) -> Config:
 
 
 def iter_frames(source: Source, fps: float) -> Iterator[Frame]:
-    return throttle(source.frames(), fps)
+    return throttle(steady(source.frames()), fps)

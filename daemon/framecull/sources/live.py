@@ -66,18 +66,26 @@ class StreamClock:
     burst (after a network stall, or buffered while the stream was probed) keep their real
     spacing and no timestamp is ever ahead of the wall clock. When the stream clock falls
     more than `max_lag` seconds behind (a camera clock that runs slow, a reset), it is
-    anchored again.
+    anchored again. These times are labels: pacing runs on Frame.clock, the monotonic time
+    LiveSource gives each frame it receives. When the wall clock is stepped (NTP at boot on a Pi
+    without a real-time clock, an operator) the labels follow it at once, backwards too.
     """
 
     def __init__(self, max_lag: float = 2.0) -> None:
         self.max_lag = max_lag
         self._anchor: float | None = None
         self._last = 0.0
+        self._wall_offset: float | None = None  # wall clock minus monotonic clock
 
     def timestamp(self, stream_time: float | None) -> float:
-        """Never earlier than the previous timestamp: a stream clock that steps back a little
-        (RTP re-synced by an RTCP report) must not make time run backwards for the gates."""
+        """Never earlier than the previous timestamp while the wall clock runs steadily: a stream
+        clock that steps back a little (RTP re-synced by an RTCP report) must not make time run
+        backwards for the gates."""
         now = time.time()
+        wall_offset = now - time.monotonic()
+        if self._wall_offset is not None and abs(wall_offset - self._wall_offset) > self.max_lag:
+            self._anchor, self._last = None, 0.0  # the wall clock was stepped: anchor again
+        self._wall_offset = wall_offset
         if stream_time is None:
             stamp = now
         else:
@@ -211,6 +219,7 @@ class LiveSource(Source):
             self._stop.wait(delay)
 
     def _put(self, frame: Frame) -> None:
+        frame.clock = time.monotonic()  # pacing and throttling never see the wall clock jump
         with self._ready:
             if len(self._queue) >= self.queue_size:
                 self._queue.popleft()

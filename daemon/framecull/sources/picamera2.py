@@ -4,7 +4,9 @@
   lores  YUV420 at the analysis width: its Y plane is the gray analysis plane, no conversion
   an optional H.264 encoder on lores, whose output PyAV decodes only to read the encoder's
   motion vectors for the motion-vector gate (the Pi 4 encodes in hardware; the Pi 5, with no
-  encoder, in software: cheap at the lores size)
+  encoder, in software). Off unless [gates.motion_vectors] enabled = true: measured, encoding
+  and decoding lores costs more than the change gate on the lores Y plane that it would spare
+  (README, "Motion-vector gate")
 
 picamera2 is Raspberry Pi OS's package (python3-picamera2), not on PyPI in a usable form: it
 is imported when the source is created, with a clear message when it is missing.
@@ -109,12 +111,13 @@ class Picamera2Source(LiveSource):
     this wide), capture_size (the main stream, the stored picture; [0, 0] = DEFAULT_SIZE),
     capture_fps (asked of the sensor; 0 = its default), timeout (to wait for a frame),
     reconnect_max.
-    motion_vectors  run the H.264 encoder on lores for motion vectors
+    motion_vectors  True: run the H.264 encoder on lores for motion vectors; "auto" (the default
+                    of [gates.motion_vectors] enabled) or False: do not
     """
 
     kind = "picamera2"
 
-    def __init__(self, cfg: SourceConfig, motion_vectors: bool, **tuning) -> None:
+    def __init__(self, cfg: SourceConfig, motion_vectors: bool | str, **tuning) -> None:
         if cfg.uri and not cfg.uri.isdigit():
             raise SourceError(f"picamera2 source: uri must be a camera number (0, 1, ...), not {cfg.uri!r}")
         try:
@@ -125,7 +128,7 @@ class Picamera2Source(LiveSource):
         self.camera_number = int(cfg.uri or 0)
         self.size = tuple(cfg.capture_size) if all(cfg.capture_size) else DEFAULT_SIZE
         self.fps = cfg.capture_fps
-        self.motion_vectors = self.has_motion_vectors = motion_vectors
+        self.motion_vectors = self.has_motion_vectors = motion_vectors is True
         self._camera = None
         self._decoder: MotionVectorDecoder | None = None
 

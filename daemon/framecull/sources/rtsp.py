@@ -37,18 +37,19 @@ class RtspSource(LiveSource):
 
     From [source]: uri (rtsp://user:pass@host:554/path, also rtsps://, http://, tcp://...),
     analysis_width, transport, timeout (per read; opening gets twice this), reconnect_max.
-    motion_vectors  ask the decoder for motion vectors (when the motion-vector gate is on)
+    motion_vectors  ask the decoder for motion vectors (when the motion-vector gate is on: True or
+                    "auto"); off, the decoder spares the export
     """
 
     kind = "rtsp"
 
-    def __init__(self, cfg: SourceConfig, motion_vectors: bool, **tuning) -> None:
+    def __init__(self, cfg: SourceConfig, motion_vectors: bool | str, **tuning) -> None:
         if "://" not in cfg.uri:
             raise SourceError(f"rtsp source: {cfg.uri!r} is not a URL like rtsp://host:554/stream")
         super().__init__(cfg, **tuning)
         self.url = cfg.uri
         self.transport = cfg.transport
-        self.motion_vectors = self.has_motion_vectors = motion_vectors
+        self.motion_vectors = self.has_motion_vectors = bool(motion_vectors)
         self._container = None
 
     def connect(self) -> None:

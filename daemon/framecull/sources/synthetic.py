@@ -7,7 +7,9 @@ actors' own noise-free renders, so the ground truth matches the pixels exactly.
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Iterator
@@ -15,8 +17,10 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
+from framecull.config import SourceConfig
 from framecull.frame import Frame
 from framecull.sources import Source, SourceError
+from framecull.sources.live import LiveSource
 
 START_TIME = datetime(2026, 6, 1, 6, 0, tzinfo=timezone.utc).timestamp()
 
@@ -75,7 +79,8 @@ class Scene:
     def timestamp(self, i: int) -> float:
         return self.start_time + i / self.fps
 
-    def render(self, i: int) -> np.ndarray:
+    def render(self, i: int, loop: int = 0) -> np.ndarray:
+        """Frame i; `loop` > 0 draws fresh noise for the same frame (a live camera replaying the scene)."""
         if not 0 <= i < self.n_frames:
             raise IndexError(f"frame {i} is outside the scene (0..{self.n_frames - 1})")
         img = self.background.copy()
@@ -85,7 +90,8 @@ class Scene:
         if self._noise_pool is None:
             img = cv2.convertScaleAbs(img, alpha=gain)  # values are >= 0: a rounding, saturating scale
         else:
-            offset = int(np.random.default_rng([self.seed, i]).integers(img.size + 1))
+            seed = [self.seed, i] + ([loop] if loop else [])
+            offset = int(np.random.default_rng(seed).integers(img.size + 1))
             noise = self._noise_pool[offset : offset + img.size].reshape(img.shape)
             img = cv2.addWeighted(img, gain, noise, 1.0, 0.0, dtype=cv2.CV_8U)
         if self.jpeg_quality is not None:
@@ -408,16 +414,20 @@ def parking_lot(
 SCENES: dict[str, Callable[..., Scene]] = {"parking_lot": parking_lot}
 
 
+def make_scene(name: str) -> Scene:
+    if name not in SCENES:
+        raise SourceError(f"unknown synthetic scene {name!r}; known scenes: {', '.join(sorted(SCENES))}")
+    return SCENES[name]()
+
+
 class SyntheticSource(Source):
-    """Frames of a synthetic Scene (by name from SCENES, or a Scene built by the caller)."""
+    """Frames of a synthetic Scene (by name from SCENES, or a Scene built by the caller), once
+    and as fast as they are read: recorded footage with the scene's own timestamps (replay, demo)."""
 
     kind = "synthetic"
 
     def __init__(self, scene: str | Scene, width: int) -> None:
-        if isinstance(scene, str):
-            if scene not in SCENES:
-                raise SourceError(f"unknown synthetic scene {scene!r}; known scenes: {', '.join(sorted(SCENES))}")
-            scene = SCENES[scene]()
+        scene = make_scene(scene) if isinstance(scene, str) else scene
         self.scene = scene
         self.width = width
         self.frame_count = scene.n_frames
@@ -425,3 +435,28 @@ class SyntheticSource(Source):
     def frames(self) -> Iterator[Frame]:
         for i in range(self.scene.n_frames):
             yield Frame.from_bgr(i, self.scene.timestamp(i), self.scene.render(i), self.width)
+
+
+class SyntheticCamera(LiveSource):
+    """A synthetic scene as a live camera (`framecull run` with kind = "synthetic"): frames at the
+    scene's rate in real time, stamped with the wall clock, the scene looping forever with fresh
+    noise, so the service can be tried, reloaded and killed without hardware."""
+
+    kind = "synthetic"
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        self.scene = make_scene(cfg.uri or "parking_lot")
+        super().__init__(cfg)
+
+    def connect(self) -> None:
+        pass
+
+    def capture(self) -> Iterator[Frame]:
+        period = 1.0 / self.scene.fps
+        due = time.monotonic()
+        for loop in itertools.count():
+            for i in range(self.scene.n_frames):
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    return
+                due = max(due + period, time.monotonic() - 1.0)  # a stalled reader does not catch up in a burst
+                yield Frame.from_bgr(self.next_index(), time.time(), self.scene.render(i, loop), self.width)

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from framecull import motion_vectors as mv
 from framecull.frame import Frame, analysis_plane
@@ -23,7 +24,7 @@ log = logging.getLogger("framecull.source.video")
 
 # Formats whose first plane is the luma (Y) plane, read without any colour conversion.
 _LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
-MAX_CONSECUTIVE_ERRORS = 25
+MAX_CONSECUTIVE_ERRORS = 25  # demuxer failures in a row (damaged packets are skipped, however many)
 
 
 def gray_plane(frame: av.VideoFrame) -> np.ndarray:
@@ -35,25 +36,28 @@ def gray_plane(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="gray")
 
 
-def make_frame(av_frame: av.VideoFrame, index: int, timestamp: float, width: int) -> Frame:
-    """A Frame of a decoded picture: gray plane (at analysis `width`) and BGR image are built only
-    when a gate asks for them; motion vectors from the decoder's side data, None when it has
+def make_frame(av_frame: av.VideoFrame, index: int, timestamp: float, width: int,
+               reformatter: VideoReformatter | None = None) -> Frame:
+    """A Frame of a decoded picture: gray plane (at analysis `width`), BGR image and motion vectors
+    are built only when a gate asks for them; motion vectors from the decoder's side data, None when it has
     none (key frame, or a decoder asked for no export: see framecull.motion_vectors.request_export)."""
     return Frame(
         index,
         timestamp,
         load_gray=lambda: analysis_plane(gray_plane(av_frame), width),
-        load_image=lambda: av_frame.to_ndarray(format="bgr24"),
-        motion_vectors=mv.from_av_frame(av_frame),
+        # One reformatter per source: each frame's own would start a swscale thread pool (200 threads).
+        load_image=(lambda: reformatter.reformat(av_frame, format="bgr24").to_ndarray()) if reformatter
+        else (lambda: av_frame.to_ndarray(format="bgr24")),
+        load_motion_vectors=lambda: mv.from_av_frame(av_frame),
     )
 
 
 class VideoFileSource(Source):
     kind = "file"
 
-    def __init__(self, path: str | Path, width: int, motion_vectors: bool) -> None:
-        """`motion_vectors`: read vectors (decoder export or .mv file); False spares the work when
-        no gate uses them."""
+    def __init__(self, path: str | Path, width: int, motion_vectors: bool | str) -> None:
+        """`motion_vectors` (True or "auto"): read vectors (decoder export or .mv file); False spares
+        the work when no gate uses them."""
         self.path = Path(path)
         if not self.path.is_file():
             raise SourceError(f"file source: {self.path} does not exist or is not a file")
@@ -71,11 +75,13 @@ class VideoFileSource(Source):
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate else 25.0
         self.errors = 0
+        self.reformatter = VideoReformatter()
         self.sidecar: Path | None = None  # legacy Raspberry Pi vectors next to the video
         self._sidecar_file = None
         if motion_vectors and self.path.with_suffix(".mv").is_file():
             self.sidecar = self.path.with_suffix(".mv")
             self._open_sidecar()
+        if self.sidecar is not None:
             self.has_motion_vectors = True
         elif motion_vectors:
             self.has_motion_vectors = mv.request_export(self.stream)
@@ -87,9 +93,14 @@ class VideoFileSource(Source):
             raise SourceError(f"file source: {self.path} has no picture size to read {self.sidecar} with")
         frame_bytes = mv.legacy_frame_bytes(width, height)
         size = self.sidecar.stat().st_size
-        if size % frame_bytes:
-            log.warning("%s: %d bytes is not a whole number of %dx%d vector frames (%d bytes each): "
-                        "cut short, or recorded at another resolution", self.sidecar, size, width, height, frame_bytes)
+        frames = self.stream.frames
+        if size % frame_bytes or (frames and abs(size // frame_bytes - frames) > 2):
+            # vectors of another resolution (or another clip) would be read at the wrong places
+            log.warning("%s: %d bytes are not %s of %dx%d vectors (%d bytes each): made for another recording "
+                        "or resolution; not used", self.sidecar, size, f"{frames} frames" if frames else
+                        "whole frames", width, height, frame_bytes)
+            self.sidecar = None
+            return
         self._sidecar_file = self.sidecar.open("rb")
 
     def _decoded(self) -> Iterator[av.VideoFrame]:
@@ -108,12 +119,11 @@ class VideoFileSource(Source):
                 errors_in_a_row += 1
                 packets = self.container.demux(self.stream)
                 continue
+            errors_in_a_row = 0  # the demuxer moved on: a damaged stretch of any length is skipped
             try:
                 yield from packet.decode()
-                errors_in_a_row = 0
             except (av.error.FFmpegError, ValueError) as exc:
                 self._damaged(exc)
-                errors_in_a_row += 1
         log.warning("%s: giving up after %d errors in a row", self.path, errors_in_a_row)
         try:
             yield from self.stream.codec_context.decode(None)
@@ -134,7 +144,7 @@ class VideoFileSource(Source):
         for index, av_frame in enumerate(self._decoded()):
             t = av_frame.time if av_frame.time is not None else index / self.fps
             first_time = t if first_time is None else first_time
-            frame = make_frame(av_frame, index, start + t - first_time, self.width)
+            frame = make_frame(av_frame, index, start + t - first_time, self.width, self.reformatter)
             if sidecar is not None:
                 vectors = next(sidecar, None)
                 if vectors is None:

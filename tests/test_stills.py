@@ -1,0 +1,170 @@
+"""Stills: capture times from names and EXIF, cameras, the folder source, the change gate's stills regime."""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from framecull.config import ChangeConfig, Config, ConfigError, LightingConfig, RegionsConfig, config_from_dict
+from framecull.frame import Frame
+from framecull.gates.change import ChangeGate
+from framecull.sources import open_source
+from framecull.sources.folder import FolderSource
+from framecull.stills import Naming, by_camera, scan, time_from_name
+from scenes import textured_background, to_bgr, with_car
+
+T = datetime(2023, 6, 13, 3, 11, 46, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("stem, camera", [
+    ("c21_2023_06_13__03_11_46", "c21_"),
+    ("lot-east_2023-06-13_03_11_46", "lot-east_"),
+    ("2023-06-13T03_11_46", ""),
+    ("gate 2023-06-13 03:11:46", "gate "),
+    ("cam7-20230613-031146", "cam7-"),
+    ("cam7_20230613_031146_0001", "cam7_"),
+    ("snap_1686625906", "snap_"),
+    ("snap_1686625906000", "snap_"),
+])
+def test_capture_time_and_camera_part_from_the_built_in_patterns(stem, camera):
+    when, start = time_from_name(stem, Naming())
+    assert when == T
+    assert stem[:start] == camera
+
+
+def test_zones_in_names_and_the_timezone_for_names_without_one():
+    assert time_from_name("c1_2023-06-13T05_11_46+02:00", Naming())[0] == T
+    assert time_from_name("c1_20230613-031146Z", Naming(timezone="Europe/Berlin"))[0] == T
+    # 05:11:46 in Berlin (summer time, UTC+2) is 03:11:46 UTC
+    assert time_from_name("c1_2023_06_13__05_11_46", Naming(timezone="Europe/Berlin"))[0] == T
+
+
+def test_a_user_time_format_and_names_without_a_time():
+    naming = Naming(time_format="%d.%m.%Y %Hh%M")
+    assert time_from_name("yard 13.06.2023 03h11", naming) == (T - 46, 5)
+    assert time_from_name("frame0007", Naming()) is None
+    assert time_from_name("IMG_1234", Naming()) is None  # a counter, not an epoch
+    assert time_from_name("c1_2023_13_45__03_11_46", Naming()) is None  # not a date
+
+
+def test_a_bad_timezone_or_time_format_is_a_config_error():
+    with pytest.raises(ConfigError, match="source.timezone: unknown time zone 'Mars/Olympus'"):
+        config_from_dict({"source": {"timezone": "Mars/Olympus"}})
+    with pytest.raises(ConfigError, match="source.time_format"):
+        config_from_dict({"source": {"time_format": "%Q"}})
+
+
+def write_exif_jpeg(path, image: np.ndarray, taken: str) -> None:
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = taken  # DateTimeOriginal
+    Image.fromarray(image[..., ::-1]).save(path, exif=exif.tobytes(), quality=90)
+
+
+def test_exif_time_when_the_name_has_none_then_mtime_when_asked(tmp_path):
+    rng = np.random.default_rng(0)
+    scene = textured_background(height=90, width=160)
+    write_exif_jpeg(tmp_path / "IMG_0002.jpg", to_bgr(scene, rng), "2023:06:13 03:11:46")
+    write_exif_jpeg(tmp_path / "IMG_0001.jpg", to_bgr(scene, rng), "2023:06:13 03:14:46")
+    cv2.imwrite(str(tmp_path / "IMG_0003.png"), to_bgr(scene, rng))
+    os.utime(tmp_path / "IMG_0003.png", (T + 600, T + 600))
+
+    stills = scan(tmp_path, Naming())
+    assert [(s.name, s.time) for s in stills] == [("IMG_0002.jpg", T), ("IMG_0001.jpg", T + 180),
+                                                  ("IMG_0003.png", None)]
+    assert scan(tmp_path, Naming(mtime=True))[-1].time == T + 600
+    # Without a time among timed stills, a still is skipped with a warning (and counted).
+    source = FolderSource(tmp_path, width=80, fps=0)
+    assert [f.timestamp for f in source.frames()] == [T, T + 180]
+    assert source.untimed == 1
+
+
+def test_cameras_from_the_name_or_the_subfolder(tmp_path):
+    image = to_bgr(textured_background(height=90, width=160), np.random.default_rng(0))
+    (tmp_path / "north").mkdir()
+    for name in ("c21_2021_03_27__10_36_36.png", "c22_2021_03_27__10_33_36.png", "north/2021_03_27__10_30_00.png",
+                 "north/2021_03_27__10_39_00.png"):
+        cv2.imwrite(str(tmp_path / name), image)
+    groups = by_camera(scan(tmp_path, Naming()))
+    assert {camera: [s.name for s in stills] for camera, stills in groups.items()} == {
+        "c21": ["c21_2021_03_27__10_36_36.png"],
+        "c22": ["c22_2021_03_27__10_33_36.png"],
+        "north": ["north/2021_03_27__10_30_00.png", "north/2021_03_27__10_39_00.png"],
+    }
+
+
+def test_folder_source_orders_by_capture_time_and_skips_broken_files(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    scene = textured_background(height=180, width=320)
+    names = ["c1_2021_03_27__10_06_00.png", "c1_2021_03_27__10_00_00.png", "c1_2021_03_27__10_03_00.jpg"]
+    for name in names:
+        cv2.imwrite(str(tmp_path / name), to_bgr(scene, rng))
+    good = (tmp_path / "c1_2021_03_27__10_03_00.jpg").read_bytes()
+    (tmp_path / "c1_2021_03_27__10_04_00.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (tmp_path / "c1_2021_03_27__10_05_00.png").write_bytes(b"")  # empty
+    (tmp_path / "c1_2021_03_27__10_07_00.png").write_text("not an image")
+    config = Config.model_validate({"source": {"kind": "folder", "uri": str(tmp_path), "analysis_width": 160}})
+    source = open_source(config)
+    with caplog.at_level(logging.WARNING):
+        frames = list(source.frames())
+    start = datetime(2021, 3, 27, 10, tzinfo=timezone.utc).timestamp()
+    assert [f.timestamp - start for f in frames] == [0, 180, 360]
+    assert [f.index for f in frames] == [0, 1, 4]  # the broken files keep their places
+    assert [os.path.basename(f.file) for f in frames] == sorted(names)
+    assert source.skipped == 3
+    assert caplog.text.count("skipping") == 3 and "truncated JPEG" in caplog.text
+
+
+def night_with_floodlights(scene: np.ndarray) -> np.ndarray:
+    """The scene at night: dark, but for two pools of light (not a global gain: a histogram
+    match cannot map it back)."""
+    h, w = scene.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    pools = sum(np.exp(-((xs - cx * w) ** 2 + (ys - cy * h) ** 2) / (2 * (0.15 * w) ** 2))
+                for cx, cy in ((0.25, 0.6), (0.7, 0.4)))
+    return scene * (0.12 + 0.8 * np.minimum(pools, 1.0))
+
+
+def judge_pair(first: np.ndarray, second: np.ndarray, gap: float):
+    gate = ChangeGate(ChangeConfig(), RegionsConfig(), LightingConfig())
+    gate.judge(Frame.from_bgr(0, T, first, 320))
+    return gate.judge(Frame.from_bgr(1, T + gap, second, 320))
+
+
+def test_a_big_step_between_stills_is_a_candidate_and_a_repeat_is_not():
+    rng = np.random.default_rng(2)
+    scene = textured_background(height=360, width=640)
+    dusk = to_bgr(scene, rng, gain=0.5)
+    night = to_bgr(night_with_floodlights(scene), rng, noise=4.0)
+    step = judge_pair(dusk, night, gap=15 * 60)
+    assert step.passed and step.scores["stills"] is True
+    assert step.scores["threshold"] <= ChangeConfig().threshold  # the step did not count as noise
+    # The same view again 15 minutes later (new sensor noise) is no candidate, nor a car too small to count.
+    assert not judge_pair(night, to_bgr(night_with_floodlights(scene), rng, noise=4.0), gap=15 * 60).passed
+    car = to_bgr(night_with_floodlights(with_car(scene, value=10)), rng, noise=4.0)
+    assert judge_pair(night, car, gap=15 * 60).passed  # a car under the floodlights is
+
+
+def test_between_stills_a_change_everywhere_does_not_raise_the_threshold_as_noise_would():
+    rng = np.random.default_rng(4)
+    before = to_bgr(textured_background(seed=0), rng)
+    after = to_bgr(textured_background(seed=7), rng)  # snow, or the ground after a storm: new everywhere
+    video, stills = judge_pair(before, after, gap=0.2), judge_pair(before, after, gap=15 * 60)
+    # 0.2 s apart, a difference everywhere can only be noise (or exposure): the threshold rises with it.
+    assert video.scores["noise"] > 5 and video.scores["threshold"] > 1.5 * stills.scores["threshold"]
+    # Minutes apart, the noise is the pictures' own grain: the threshold stays where the config put it.
+    assert stills.scores["noise"] < 1 and stills.scores["changed"] > video.scores["changed"]
+
+
+def test_a_change_of_size_is_compared_at_the_analysis_size():
+    rng = np.random.default_rng(3)
+    scene = textured_background(height=720, width=1280)
+    large = to_bgr(scene, rng)
+    small = cv2.resize(to_bgr(scene, rng), (640, 360), interpolation=cv2.INTER_AREA)
+    verdict = judge_pair(large, small, gap=180)
+    assert not verdict.passed and "first" not in verdict.scores
