@@ -31,7 +31,7 @@ from framecull.sources.rtsp import RtspSource
 from framecull.sources.synthetic import parking_lot
 from framecull.sources.v4l2 import V4l2Source
 from scenes import encode_video, textured_background, to_bgr, with_car
-from net import free_port
+from net import free_port, wait_until
 
 pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
 
@@ -44,15 +44,6 @@ def rtsp_source(url: str, timeout: float, **tuning) -> RtspSource:
     opening after twice that, reconnect delays double up to 1 s."""
     cfg = SourceConfig(kind="rtsp", uri=url, analysis_width=160, timeout=timeout, reconnect_max=1)
     return RtspSource(cfg, motion_vectors=True, **tuning)
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def close_after(source, seconds: float) -> threading.Timer:

@@ -30,20 +30,11 @@ from framecull.config import EX_CONFIG, load_config
 from framecull.gates.novelty import load_embedder, open_memory
 from framecull.sources import Source
 from framecull.sources.synthetic import parking_lot
-from net import free_port
+from net import free_port, wait_until
 
 pytestmark = pytest.mark.slow  # real servers, subprocesses or whole clips: `make test` only
 
 FAST = {"FRAMECULL_STATUS_INTERVAL": "0.3", "FRAMECULL_SAVE_INTERVAL": "2", "FRAMECULL_STALL_AFTER": "3"}
-
-
-def wait_until(condition, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 

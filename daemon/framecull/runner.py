@@ -136,6 +136,10 @@ class Runner:
                 sink.close()
             if self.store is not None:
                 self.store.close()
+            # The pipeline calls back self._commit: without this cycle a closed runner, with its
+            # model session and index (native memory the collector cannot see), is freed as soon
+            # as it is let go, not at a rare full collection.
+            self.pipeline.commit = None
 
     def __enter__(self) -> "Runner":
         return self

@@ -16,6 +16,7 @@ more for debootstrap.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 import pytest
 
 import container as nspawn
+import net
 import rtsp_server
 from net import free_port
 
@@ -37,13 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 JOURNAL_SAMPLE = nspawn.HOME / "journal-sample.txt"  # real lines for the README, from the last run
 
 
-def wait_until(condition, timeout: float, step: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
+# systemctl and journalctl are processes of their own: poll them gently.
+wait_until = functools.partial(net.wait_until, step=0.25)
 
 
 def log(message: str) -> None:

@@ -33,8 +33,6 @@ disk, so nothing is forgotten, and its gates start with a fresh reference frame)
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import os
 import signal
@@ -44,6 +42,7 @@ from pathlib import Path
 
 from framecull import checks
 from framecull.config import EX_CONFIG, Config, ConfigError, load_config
+from framecull.memory import release_freed_memory
 from framecull.runner import Runner
 from framecull.service.feeder import END, Feeder, open_camera
 from framecull.service.logs import KeptLog, setup_logging
@@ -56,29 +55,6 @@ STATUS_INTERVAL = 5.0  # seconds between STATUS= updates and status.json writes
 SAVE_INTERVAL = 300.0  # seconds between saves of the FAISS index
 STALL_AFTER = 300.0  # no frame for this long: log loudly (then again every as long)
 TICK = 0.5  # longest wait for a frame before the loop does its periodic work
-
-
-def release_memory() -> None:
-    """Free a replaced runner now and give the freed heap back to the system.
-
-    A runner and its pipeline refer to each other (the pipeline calls back Runner._commit), so
-    only a full collection frees an old one with its onnxruntime session and FAISS index: ~4 MB
-    of native memory the collector cannot see, and in a heap this large full collections are
-    rare (every config-changing reload leaked that much). malloc_trim then returns the pages
-    that two runners side by side needed during the reload (+10% RSS for good otherwise)."""
-    gc.collect()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc; absent on musl
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _malloc_trim()
 
 
 class Service:
@@ -312,8 +288,8 @@ class Service:
         self.not_written_before += old_runner.not_written
         self.not_remembered_before += old_runner.not_remembered
         self.runner, self.config = runner, config
-        del old_runner
-        release_memory()
+        del old_runner  # freed now (Runner.close breaks its cycle with the pipeline)
+        release_freed_memory()  # the pages two runners side by side needed during the reload
         if config.source != old_config.source:
             log.info("reload: [source] changed: reopening it")
             self.feeder.close()

@@ -106,13 +106,7 @@ class FolderSource(Source):
                 self._skip(index, still, reason)
                 continue
             timestamp = still.time if self.timed else opened + index * self.period
-            try:
-                frame = StillFrame(index, timestamp, image, self.width, str(self.path(still)), still.camera)
-            except ValueError as exc:  # framecull.frame.BadPicture: a size no camera makes
-                self.skipped += 1
-                self._skip(index, still, str(exc))
-                continue
-            yield frame
+            yield StillFrame(index, timestamp, image, self.width, str(self.path(still)), still.camera)
 
     def _skip(self, index: int, still: Still, reason: str) -> None:
         log.warning("skipping %s: %s", self.path(still), reason)
