@@ -212,7 +212,7 @@ class Store:
         except (ValueError, OverflowError, OSError) as exc:  # sources.steady() keeps labels sane
             raise StoreError(f"frame {frame.index}: capture time {frame.timestamp} is not a date: {exc}") from exc
         day_dir = self.frames_dir / when.strftime("%Y-%m-%d")
-        original = Path(decision.file) if decision.file else None
+        original = Path(decision.file) if getattr(decision, "file", None) else None
         suffix = original.suffix.lower() if original is not None else ".jpg"
         while True:  # the sequence restarts with the process: never overwrite an earlier run's frame
             self._seq += 1
