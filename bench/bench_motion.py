@@ -193,7 +193,7 @@ def main() -> None:
             vectors = decode_fps(clip, "SLICE", True, motion_vectors.from_av_frame)
             gray = decode_fps(clip, "AUTO", False, lambda f: analysis_plane(gray_plane(f), 320))
             print(f"  {width}x{height}: decode, frame threads {frame_threads:5.0f} | slice threads {slice_threads:5.0f} "
-                  f"| + export_mvs {exported:5.0f} | + vectors to numpy {vectors:5.0f} "
+                  f"| + export_mvs {exported:5.0f} | + vectors read {vectors:5.0f} "
                   f"|| frame threads + gray plane at 320 {gray:5.0f}")
         cv2.setNumThreads(1)
         mv_cost, change_cost = gate_costs(Path(tmp) / "clip1280.mp4")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from framecull.embedder import Embedder, ModelSpec, cell_distances, default_model_spec, grid_cells
+from framecull.frame import fit
 
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
@@ -316,7 +317,7 @@ def test_export_torch_script_makes_a_model_the_embedder_runs(tmp_path):
     scene = textured_scene()
     vector = model.embed(scene)
     # the same frame through torch gives the same embedding
-    rgb = cv2.cvtColor(cv2.resize(scene, (160, 120), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(fit(scene, 160, 120), cv2.COLOR_BGR2RGB)  # the embedder's own resize
     with torch.no_grad():
         expected = export_torch.PixelsToEmbedding(backbone)(torch.from_numpy(rgb).float().permute(2, 0, 1)[None])
     np.testing.assert_allclose(vector, expected[0].numpy(), atol=1e-5)

@@ -612,6 +612,7 @@ def test_13_converting_frames_starts_no_thread_pools(tmp_path):
     alive, peak = [], 0
     for frame in source.frames():
         frame.image  # noqa: B018 - the conversion
+        frame.picture(256, 192)  # a model's input, scaled by the same reformatter
         alive.append(frame)  # pacing and the novelty gate hold frames like this
         peak = max(peak, len(os.listdir("/proc/self/task")))
     source.close()
@@ -631,5 +632,5 @@ def test_13_a_legacy_vector_file_of_another_resolution_is_not_used(tmp_path, cap
     frames = list(source.frames())
     source.close()
     assert source.sidecar is None and "not used" in caplog.text
-    assert len(frames) == 12 and all(f.motion_vectors is None or f.motion_vectors["source"].min() >= -1
+    assert len(frames) == 12 and all(f.motion_vectors is None or f.motion_vectors.source.min() >= -1
                                      for f in frames)

@@ -108,8 +108,8 @@ def test_rtsp_decodes_with_motion_vectors_and_resumes_when_the_server_comes_back
     assert all(b >= a for a, b in zip(stamps, stamps[1:])) and abs(stamps[-1] - time.time()) < 3
     with_vectors = [f.motion_vectors for f in before if f.motion_vectors is not None]
     assert len(with_vectors) >= 17  # all but the key frames (one a second)
-    moved = np.concatenate(with_vectors)
-    assert np.abs(moved["dx"]).max() > 0  # the test picture's ball moves
+    moved = np.concatenate([vectors.dx for vectors in with_vectors])
+    assert np.abs(moved).max() > 0  # the test picture's ball moves
 
     server.stop()
     assert wait_until(lambda: source.counters.reconnects >= 2, 10), source.stats()

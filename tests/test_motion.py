@@ -1,6 +1,7 @@
 """Motion vectors from real H.264 (encoded here with libx264, decoded with PyAV), the legacy
 Raspberry Pi vector format, and the motion-vector gate."""
 
+import gc
 import io
 from functools import partial
 import logging
@@ -13,13 +14,9 @@ import pytest
 from framecull.config import Config, ConfigError, Mask, config_from_dict
 from framecull.frame import Frame
 from framecull.gates.motion import MotionVectorGate as MotionVectorGateClass
-from framecull.motion_vectors import (
-    MOTION_VECTOR_DTYPE,
-    legacy_frame_bytes,
-    parse_legacy,
-    read_legacy,
-)
+from framecull.motion_vectors import RECORD, MotionVectors, legacy_frame_bytes, parse_legacy, read_legacy
 from framecull.runner import Runner
+from av.video.reformatter import VideoReformatter
 from framecull.sources.video import VideoFileSource, make_frame
 from scenes import encode_video, textured_background, to_bgr
 
@@ -78,9 +75,19 @@ def stop_go_stop(tmp_path_factory):
     return encode(tmp_path_factory.mktemp("mv") / "stop_go_stop.mp4", render(STOP_GO_STOP))
 
 
+def table(vectors: MotionVectors) -> np.ndarray:
+    """The records as a table of partitions: x, y (top left), w, h, dx, dy (pixels), source."""
+    rows = np.zeros(len(vectors), [("x", "i4"), ("y", "i4"), ("w", "i4"), ("h", "i4"), ("dx", "f4"), ("dy", "f4"),
+                                   ("source", "i4")])
+    rows["x"], rows["y"], rows["dx"], rows["dy"], rows["source"] = (vectors.x, vectors.y, vectors.dx, vectors.dy,
+                                                                    vectors.source)
+    rows["w"], rows["h"] = vectors.records["w"], vectors.records["h"]
+    return rows
+
+
 def fast_blocks(vectors, min_magnitude=1.0):
-    moving = np.hypot(vectors["dx"], vectors["dy"]) > min_magnitude
-    return vectors[moving & (vectors["source"] != 0)]
+    rows = table(vectors)
+    return rows[np.hypot(rows["dx"], rows["dy"]) > min_magnitude]
 
 
 def overlap(vectors, x, y, size):
@@ -94,8 +101,9 @@ def test_static_scene_with_sensor_noise_has_no_motion(tmp_path):
     assert frames[0].motion_vectors is None  # the key frame
     for frame in frames[1:]:
         vectors = frame.motion_vectors
-        assert vectors.dtype == MOTION_VECTOR_DTYPE
-        assert len(vectors) >= GRID[0] * GRID[1]  # every macroblock has a vector or an intra row
+        assert isinstance(vectors, MotionVectors) and vectors.records.dtype == RECORD
+        assert (vectors.width, vectors.height) == (WIDTH, HEIGHT) and vectors.grid == (GRID[1], GRID[0])
+        assert len(vectors) >= GRID[0] * GRID[1] // 2  # intra blocks (new content) have no record
         assert len(fast_blocks(vectors)) <= 5  # scattered noise vectors, if any
     verdicts = judge_all(MotionVectorGate(), frames)
     assert [v.passed for v in verdicts] == [True] + [False] * 19
@@ -136,8 +144,8 @@ def test_b_frames_partitions_and_noise_of_a_slower_preset(tmp_path):
     # Decoding again gives the same vectors (FFmpeg's frame threads would not: request_export).
     for frame, again in zip(frames, decode(clip)):
         assert (frame.motion_vectors is None and again.motion_vectors is None) or np.array_equal(
-            frame.motion_vectors, again.motion_vectors)
-    b_frames = [f for f in frames if f.motion_vectors is not None and (f.motion_vectors["source"] == 1).any()]
+            frame.motion_vectors.records, again.motion_vectors.records)
+    b_frames = [f for f in frames if f.motion_vectors is not None and (f.motion_vectors.source == 1).any()]
     assert len(b_frames) >= 20
     # On the object (moving right), a past reference has it to the left, a future one to the right.
     on_object = []
@@ -169,9 +177,23 @@ def test_key_frames_are_unknown_and_pass(stop_go_stop):
 
 def test_a_decoder_asked_for_no_vectors_gives_unknown(stop_go_stop):
     with av.open(str(stop_go_stop)) as container:
-        frames = [make_frame(f, i, i / 10, 160) for i, f in enumerate(container.decode(video=0))]
+        frames = [make_frame(f, i, i / 10, 160, VideoReformatter()) for i, f in enumerate(container.decode(video=0))]
     assert len(frames) == 40 and all(f.motion_vectors is None for f in frames)
     assert frames[12].gray.shape == (120, 160) and frames[12].image.shape == (240, 320, 3)
+
+
+def test_reading_vectors_keeps_no_decoded_picture_alive(stop_go_stop):
+    # PyAV's frame.side_data caches a container that refers back to the frame: a cycle that kept
+    # every decoded picture until a garbage collection (hundreds of MB at 720p).
+    gc.collect()
+    gc.disable()
+    try:
+        with VideoFileSource(stop_go_stop, 160, motion_vectors=True) as source:
+            seen = sum(frame.motion_vectors is not None for frame in source.frames())
+        alive = sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert seen == 38 and alive <= 2
 
 
 def test_which_sources_have_vectors(stop_go_stop, tmp_path):
@@ -203,16 +225,20 @@ def test_masked_motion_never_passes(stop_go_stop):
     assert [i for i, v in enumerate(cropped) if v.passed] == [0, 30]
 
 
-def field(moving=(), intra=(), motion=(6.0, 0.0)):
-    """A hand-built vector array over the 20x15 grid: zero motion except the given (row, col)."""
-    rows, cols = np.divmod(np.arange(GRID[0] * GRID[1]), GRID[1])
-    vectors = np.zeros(len(rows), MOTION_VECTOR_DTYPE)
-    vectors["x"], vectors["y"], vectors["w"], vectors["h"], vectors["source"] = cols * 16, rows * 16, 16, 16, -1
+def field(moving=(), intra=(), motion=(6.0, 0.0), dx=None, dy=None, **blocks):
+    """Hand-built vectors over the 20x15 grid of a 320x240 picture: zero motion (or the given [rows,
+    cols] dx, dy) except `motion` at the given (row, col) and any block=(row, col, dx, dy); no
+    record for intra blocks."""
+    dx = np.zeros(GRID) if dx is None else dx.copy()
+    dy = np.zeros(GRID) if dy is None else dy.copy()
     for row, col in moving:
-        vectors["dx"][row * GRID[1] + col], vectors["dy"][row * GRID[1] + col] = motion
+        dx[row, col], dy[row, col] = motion
+    for row, col, x, y in blocks.values():
+        dx[row, col], dy[row, col] = x, y
+    present = np.ones(GRID, bool)
     for row, col in intra:
-        vectors["source"][row * GRID[1] + col] = 0
-    return vectors
+        present[row, col] = False
+    return MotionVectors.of_blocks(dx, dy, WIDTH, HEIGHT, present)
 
 
 def frame_with(vectors, index=0):
@@ -240,11 +266,9 @@ def test_an_isolated_moving_block_does_not_pass():
 
 
 def test_neighbours_moving_different_ways_are_noise_not_motion():
-    noise = field(moving=[(5, 5)], motion=(3.0, 0.0))
-    noise["dx"][5 * GRID[1] + 6], noise["dy"][5 * GRID[1] + 6] = 0.0, -3.0  # its neighbour goes up
+    noise = field(moving=[(5, 5)], motion=(3.0, 0.0), up=(5, 6, 0.0, -3.0))  # its neighbour goes up
     assert not twice(MotionVectorGate(min_area=0.0, hold_frames=0), noise).passed
-    limbs = field(moving=[(5, 5)], motion=(6.0, 0.0))
-    limbs["dx"][5 * GRID[1] + 6], limbs["dy"][5 * GRID[1] + 6] = 5.0, 1.5  # within half of the shorter length
+    limbs = field(moving=[(5, 5)], motion=(6.0, 0.0), limb=(5, 6, 5.0, 1.5))  # within half of the shorter length
     assert twice(MotionVectorGate(min_area=0.0, hold_frames=0), limbs).passed
 
 
@@ -286,12 +310,7 @@ def test_the_threshold_rises_with_the_vector_noise():
     block = [(5, 5), (5, 6), (6, 5), (6, 6)]
 
     def noisy(sigma):
-        vectors = field(moving=block, motion=(-3.0, 0.0))
-        still = np.ones(len(vectors), bool)
-        still[[r * GRID[1] + c for r, c in block]] = False
-        vectors["dx"][still] = rng.normal(0, sigma, still.sum())
-        vectors["dy"][still] = rng.normal(0, sigma, still.sum())
-        return vectors
+        return field(moving=block, motion=(-3.0, 0.0), dx=rng.normal(0, sigma, GRID), dy=rng.normal(0, sigma, GRID))
 
     quiet, loud = MotionVectorGate(), MotionVectorGate()
     for i in range(20):  # the noise estimate settles
@@ -322,8 +341,10 @@ def test_bad_settings_and_bad_arrays_are_clear_errors():
                        ("max_gap", -1)):
         with pytest.raises(ConfigError, match=f"gates.motion_vectors.{key}"):
             config_from_dict({"gates": {"motion_vectors": {key: value}}})
-    with pytest.raises(TypeError, match="MOTION_VECTOR_DTYPE"):
-        MotionVectorGate().judge(frame_with(np.zeros(3, [("x", "i2"), ("y", "i2")])))
+    with pytest.raises(TypeError, match="RECORD"):
+        MotionVectors(np.zeros(3, [("x", "i2"), ("y", "i2")]), WIDTH, HEIGHT)
+    with pytest.raises(ValueError, match="0x240"):
+        MotionVectors(np.zeros(3, RECORD), 0, HEIGHT)
     with pytest.raises(ConfigError, match="gates.motion_vectors.count_intra"):
         config_from_dict({"gates": {"motion_vectors": {"count_intra": True}}})  # gone: intra blocks are noise
 
@@ -343,17 +364,17 @@ def test_legacy_raspberry_pi_vectors_parse_to_the_right_blocks():
     data = legacy_bytes(40, 20, {(0, 0): (5, -3), (1, 2): (-128, 127)})
     assert len(data) == legacy_frame_bytes(40, 20) == 2 * 4 * 4
     vectors = parse_legacy(data, 40, 20)
-    assert vectors.dtype == MOTION_VECTOR_DTYPE and len(vectors) == 6
-    assert vectors["x"].tolist() == [0, 16, 32, 0, 16, 32]
-    assert vectors["y"].tolist() == [0, 0, 0, 16, 16, 16]
-    assert vectors["dx"].tolist() == [5, 0, 0, 0, 0, -128]
-    assert vectors["dy"].tolist() == [-3, 0, 0, 0, 0, 127]
-    assert set(vectors["w"]) == set(vectors["h"]) == {16} and set(vectors["source"]) == {-1}
+    assert isinstance(vectors, MotionVectors) and len(vectors) == 6 and vectors.grid == (3, 2)
+    assert vectors.x.tolist() == [0, 16, 32, 0, 16, 32]
+    assert vectors.y.tolist() == [0, 0, 0, 16, 16, 16]
+    assert vectors.dx.tolist() == [5, 0, 0, 0, 0, -128]
+    assert vectors.dy.tolist() == [-3, 0, 0, 0, 0, 127]
+    assert set(vectors.records["w"]) == set(vectors.records["h"]) == {16} and set(vectors.source) == {-1}
     with pytest.raises(ValueError, match=r"40x20.*32 bytes, got 31"):
         parse_legacy(data[:-1], 40, 20)
     # A stream of frames; a partial last frame is dropped.
     frames = list(read_legacy(io.BytesIO(data * 3 + data[:10]), 40, 20))
-    assert len(frames) == 3 and all(np.array_equal(f, vectors) for f in frames)
+    assert len(frames) == 3 and all(np.array_equal(f.records, vectors.records) for f in frames)
 
 
 def test_a_video_with_a_legacy_vector_file_replays_those_vectors(tmp_path, caplog):
@@ -369,7 +390,7 @@ def test_a_video_with_a_legacy_vector_file_replays_those_vectors(tmp_path, caplo
     source.close()
     assert len(frames) == 12 and frames[0].motion_vectors is None  # key frame: unknown
     for i in range(1, 10):
-        assert np.array_equal(frames[i].motion_vectors, parse_legacy(records[i], WIDTH, HEIGHT))
+        assert np.array_equal(frames[i].motion_vectors.records, parse_legacy(records[i], WIDTH, HEIGHT).records)
     assert frames[10].motion_vectors is None and frames[11].motion_vectors is None
     assert "clip.mv: no motion vectors after frame 9" in caplog.text
     verdicts = judge_all(MotionVectorGate(hold_frames=0), frames)
@@ -437,13 +458,9 @@ def test_masks_follow_the_picture_not_the_padded_block_grid():
 
     def judge(block_row):
         gate = MotionVectorGate(regions, hold_frames=0)
-        cols, rows = 20, 12
-        xs, ys = np.meshgrid(np.arange(cols) * 16, np.arange(rows) * 16)
-        vectors = np.zeros(cols * rows, MOTION_VECTOR_DTYPE)
-        vectors["x"], vectors["y"], vectors["w"], vectors["h"] = xs.ravel(), ys.ravel(), 16, 16
-        vectors["source"] = -1
-        moving = (vectors["y"] == 16 * block_row) & (vectors["x"] >= 64) & (vectors["x"] < 128)
-        vectors["dx"][moving] = -6.0
+        dx = np.zeros((12, 20))  # 12 rows x 20 columns of blocks
+        dx[block_row, 4:8] = -6.0  # pixels 64-127
+        vectors = MotionVectors.of_blocks(dx, np.zeros_like(dx), 320, 180)
         for index in (0, 1):  # the second frame goes on with the first one's motion
             frame = Frame(index, index / 10, gray=np.zeros((90, 160), np.uint8),
                           image=np.zeros((180, 320, 3), np.uint8), motion_vectors=vectors)

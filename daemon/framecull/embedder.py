@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from framecull.frame import fit
+
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
@@ -175,11 +177,7 @@ class Embedder:
     def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
             raise ValueError(f"expected a BGR image of shape (h, w, 3), got {image_bgr.shape}")
-        h, w = image_bgr.shape[:2]
-        if (w, h) != (self.width, self.height):
-            shrinking = w > self.width or h > self.height
-            image_bgr = cv2.resize(image_bgr, (self.width, self.height),
-                                   interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        image_bgr = fit(image_bgr, self.width, self.height)
         if self.spec.color == "RGB":
             image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         x = image_bgr.astype(np.float32)

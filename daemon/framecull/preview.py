@@ -26,7 +26,7 @@ from framecull.frame import Frame
 from framecull.gates.change import ChangeGate, ChangeMeasure
 from framecull.gates.motion import MotionVectorGate
 from framecull.gates.novelty import NoveltyGate
-from framecull.motion_vectors import BLOCK, INTRA
+from framecull.motion_vectors import BLOCK
 from framecull.pipeline import Decision
 from framecull.regions import valid_mask
 from framecull.runner import Runner
@@ -68,18 +68,15 @@ def render(frame: Frame, config: Config, measure: ChangeMeasure, decision: Decis
 
     vectors = frame.motion_vectors
     if moving is not None and vectors is not None and moving.size:
-        picture_width = (int(vectors["x"].max()) // BLOCK + 1) * BLOCK
-        s = w * zoom / picture_width
-        rows, cols = vectors["y"] // BLOCK, vectors["x"] // BLOCK
-        for v in vectors[moving[rows, cols]]:
-            cx, cy = (v["x"] + v["w"] / 2) * s, (v["y"] + v["h"] / 2) * s
-            if v["source"] == INTRA:  # new content, no vector
-                cv2.rectangle(image, (int(v["x"] * s), int(v["y"] * s)),
-                              (int((v["x"] + v["w"]) * s), int((v["y"] + v["h"]) * s)), MOTION, 1)
-                continue
-            # The content came from (x + dx, y + dy) in a past reference: it moved by -d (a future one: +d).
-            sign = -1.0 if v["source"] < 0 else 1.0
-            tip = (int(cx + sign * v["dx"] * s), int(cy + sign * v["dy"] * s))
+        s = w * zoom / vectors.width
+        x, y, dx, dy = vectors.x, vectors.y, vectors.dx, vectors.dy
+        rows = np.clip((y + vectors.records["h"] // 2) // BLOCK, 0, moving.shape[0] - 1)
+        cols = np.clip((x + vectors.records["w"] // 2) // BLOCK, 0, moving.shape[1] - 1)
+        # The content came from (x + dx, y + dy) in a past reference: it moved by -d (a future one: +d).
+        sign = np.where(vectors.source < 0, -1.0, 1.0)
+        for i in np.flatnonzero(moving[rows, cols]):
+            cx, cy = (x[i] + vectors.records["w"][i] / 2) * s, (y[i] + vectors.records["h"][i] / 2) * s
+            tip = (int(cx + sign[i] * dx[i] * s), int(cy + sign[i] * dy[i] * s))
             cv2.arrowedLine(image, (int(cx), int(cy)), tip, MOTION, 1, cv2.LINE_AA, tipLength=0.3)
 
     return np.vstack([image, _band(image.shape[1], _lines(config, measure, decision), decision.kept)])

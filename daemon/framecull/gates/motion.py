@@ -32,8 +32,8 @@ import numpy as np
 from framecull.config import MotionVectorsConfig, RegionsConfig
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
-from framecull.motion_vectors import BLOCK, INTRA, MOTION_VECTOR_DTYPE
-from framecull.regions import any_region, valid_mask
+from framecull.motion_vectors import BLOCK, MotionVectors, grid_size
+from framecull.regions import valid_mask
 
 log = logging.getLogger("framecull.gate.motion_vectors")
 
@@ -56,14 +56,6 @@ NO_VECTORS_RUN = 3
 _AROUND = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
 
 
-def _picture_size(vectors: np.ndarray, analysis_shape: tuple[int, int]) -> tuple[int, int]:
-    """(height, width) of the coded picture: the width is whole macroblocks (1920, 1280, 640,
-    320...), the height follows from the analysis plane's aspect (1080, not the padded 1088)."""
-    width = (int(vectors["x"].max()) // BLOCK + 1) * BLOCK
-    height = round(width * analysis_shape[0] / analysis_shape[1])
-    return height, width
-
-
 class MotionVectorGate(Gate):
     name = "motion_vectors"
 
@@ -81,10 +73,7 @@ class MotionVectorGate(Gate):
         self.cfg = cfg
         self.regions = regions
         self._valid: np.ndarray | None = None  # uint8 per block: 1 where it may count as motion
-        # Masks are drawn on the picture, whose height (1080) the padded block grid (1088) hides.
-        self._needs_picture_size = any_region(regions)
-        self._grid: tuple[int, int] | None = None
-        self._picture_size: tuple[int, int] | None = None  # (height, width) in pixels
+        self._valid_for: tuple[int, int] | None = None  # the picture size (width, height) it was drawn for
         self._noise2: float | None = None  # mean square length of still blocks' vectors, px^2
         self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # moving-way blocks, vx, vy
         self._judged: tuple = (None, None, 0)  # the last judged frame's vectors, moving blocks, clusters
@@ -94,62 +83,71 @@ class MotionVectorGate(Gate):
         self._unknown_run = 0
         self._told_no_vectors = False
 
-    def _valid_blocks(self, rows: int, cols: int) -> np.ndarray:
-        if self._valid is None or self._valid.shape != (rows, cols):
-            # Drawn on the picture, then padded to whole macroblocks (1080 -> 1088 rows).
-            height, width = self._picture_size or (rows * BLOCK, cols * BLOCK)
+    def _valid_blocks(self, width: int, height: int) -> np.ndarray:
+        if self._valid_for != (width, height):
+            # Drawn on the picture (1080 rows), then padded to whole macroblocks (1088 rows).
+            cols, rows = grid_size(width, height)
             pixels = np.full((rows * BLOCK, cols * BLOCK), 255, np.uint8)
-            pixels[:height, :width] = valid_mask((height, width), self.regions)[: rows * BLOCK, : cols * BLOCK]
+            pixels[:height, :width] = valid_mask((height, width), self.regions)
             # A block counts only when all its pixels may count: motion inside a mask
             # (a clock) must not leak through the blocks along the mask's edge.
             self._valid = (pixels.reshape(rows, BLOCK, cols, BLOCK).min(axis=(1, 3)) > 0).astype(np.uint8)
+            self._valid_for = (width, height)
         return self._valid
 
-    def _detect(self, vectors: np.ndarray) -> tuple[np.ndarray | None, int, tuple | None, float]:
+    def _detect(self, vectors: MotionVectors) -> tuple[np.ndarray | None, int, tuple | None, float]:
         """The blocks that count as moving (None: none), their clusters, what the next frame continues
         (this frame's blocks moving the same way as a neighbour, and their vectors, on the padded
         grid), and this frame's noise sample (mean square length of the still blocks' vectors, px^2).
-        Changes no state."""
-        if vectors.dtype != MOTION_VECTOR_DTYPE:
-            raise TypeError(f"motion vectors must have framecull.motion_vectors.MOTION_VECTOR_DTYPE, got {vectors.dtype}")
-        dx, dy, source = vectors["dx"], vectors["dy"], vectors["source"]
-        speed2 = dx * dx + dy * dy  # 0 for intra rows
-        clipped = np.minimum(speed2, NOISE_CLIP ** 2)
-        inter = np.count_nonzero(source)
-        sample = float(clipped.sum()) / max(inter, 1)
+        Changes no state.
+
+        Every record is touched by a handful of vectorised integer operations on FFmpeg's own
+        columns; everything else works on the few vectors above the threshold."""
+        records = vectors.records
+        mx, my = records["motion_x"], records["motion_y"]
+        units2 = mx * mx + my * my  # squared length in (1/motion_scale px)^2, exact integers
+        scale = max(int(records["motion_scale"][0]), 1)
+        clip2 = int(NOISE_CLIP * NOISE_CLIP * scale * scale)
+        clipped_sum = int(np.minimum(units2, clip2).sum())
+        inter = len(records)
+        sample = clipped_sum / (scale * scale) / inter
         noise2 = sample if self._noise2 is None else self._noise2
         threshold2 = max(self.cfg.min_magnitude ** 2, self.cfg.noise_factor ** 2 * noise2)
-        fast_vectors = np.flatnonzero(speed2 > threshold2)
-        if not len(fast_vectors):  # a still frame with little noise, cheaply
+        fast_vectors = np.flatnonzero(units2 > threshold2 * scale * scale)
+        if len(fast_vectors) < self.cfg.min_cluster:  # a still frame, cheaply
             return None, 0, None, sample
 
-        x, y = vectors["x"], vectors["y"]
-        cols, rows = int(x.max()) // BLOCK + 1, int(y.max()) // BLOCK + 1
+        fast_records = records[fast_vectors]
+        cols, rows = vectors.grid
         # Block indices in a grid padded by one block all round, so that every block has 8 neighbours.
         padded_cols, size = cols + 2, (rows + 2) * (cols + 2)
-        block = (y[fast_vectors] // BLOCK + 1).astype(np.intp) * padded_cols + x[fast_vectors] // BLOCK + 1
-        # A block's vector: the mean of its fast partitions' vectors (where its content was in the
-        # reference; a future reference's turned round). Only the few fast vectors are looked at.
-        turn = np.where(source[fast_vectors] > 0, -1.0, 1.0)
-        count = np.maximum(np.bincount(block, minlength=size), 1)
-        vx = np.bincount(block, dx[fast_vectors] * turn, size) / count
-        vy = np.bincount(block, dy[fast_vectors] * turn, size) / count
+        block = (np.minimum(fast_records["dst_y"] // BLOCK, rows - 1) * padded_cols
+                 + np.minimum(fast_records["dst_x"] // BLOCK, cols - 1)).astype(np.intp) + padded_cols + 1
+        # A block's vector: the mean of its fast partitions' vectors in pixels (where its content was
+        # in the reference; a future reference's (source +1) turned round).
+        count = np.bincount(block, minlength=size)
+        per_pixel = -fast_records["source"] / (scale * np.maximum(count, 1))[block]
+        vx = np.bincount(block, fast_records["motion_x"] * per_pixel, size)
+        vy = np.bincount(block, fast_records["motion_y"] * per_pixel, size)
         speed2 = vx * vx + vy * vy
         fast = speed2 > threshold2
         candidates = np.flatnonzero(fast)
-
-        # Moving the same way as one of its 8 neighbours.
         offsets = _AROUND[:, 0] * padded_cols + _AROUND[:, 1]
         around = candidates[:, None] + offsets
+        paired = fast[around]
+        if not paired.any():  # scattered noise: no two fast blocks touch
+            return None, 0, None, sample
+
+        # Moving the same way as one of its 8 neighbours.
         ddx, ddy = vx[around] - vx[candidates, None], vy[around] - vy[candidates, None]
         tolerance2 = np.maximum(SAME_WAY_PIXELS ** 2,
                                 SAME_WAY_FRACTION ** 2 * np.minimum(speed2[around], speed2[candidates, None]))
-        same_way = candidates[(fast[around] & (ddx * ddx + ddy * ddy <= tolerance2)).any(axis=1)]
+        same_way = candidates[(paired & (ddx * ddx + ddy * ddy <= tolerance2)).any(axis=1)]
+        if not len(same_way):
+            return None, 0, None, sample
         moving_way = np.zeros(size, bool)
         moving_way[same_way] = True
         previous = (moving_way, vx, vy)
-        if not len(same_way):
-            return None, 0, previous, sample
 
         # Continuing the previous frame's motion: around where the content was in the previous
         # picture, a block that moved the same way (within 45 degrees) then.
@@ -164,39 +162,34 @@ class MotionVectorGate(Gate):
             lengths2 = (bvx[there] ** 2 + bvy[there] ** 2) * speed2[same_way, None]
             continues = (before[there] & (dot > 0) & (dot * dot >= CONTINUES_COS2 * lengths2)).any(axis=1)
             grid[same_way[continues]] = 1
-        grid = grid.reshape(rows + 2, padded_cols)[1:-1, 1:-1] & self._valid_blocks(rows, cols)
+        grid = grid.reshape(rows + 2, padded_cols)[1:-1, 1:-1] & self._valid_blocks(vectors.width, vectors.height)
         if not grid.any():
             return None, 0, previous, sample
         _, labels, stats, _ = cv2.connectedComponentsWithStats(grid, connectivity=8)
         big = stats[:, cv2.CC_STAT_AREA] >= self.cfg.min_cluster
         big[0] = False  # the background
         moving = big[labels]
-        # The noise is what still blocks show: leave the moving ones out of the sample.
-        all_blocks = (y // BLOCK).astype(np.intp) * cols + x // BLOCK
-        in_motion = moving.ravel()[all_blocks] & (source != INTRA)
+        # The noise is what still blocks show: leave the moving blocks' fast vectors out of the sample.
+        in_motion = moving.ravel()[(block // padded_cols - 1) * cols + block % padded_cols - 1]
         if inter > np.count_nonzero(in_motion):
-            sample = float(clipped[~in_motion].sum()) / (inter - np.count_nonzero(in_motion))
+            moving_sum = int(np.minimum(units2[fast_vectors[in_motion]], clip2).sum())
+            sample = (clipped_sum - moving_sum) / (scale * scale) / (inter - np.count_nonzero(in_motion))
         return moving, int(big.sum()), previous, sample
 
-    def moving_blocks(self, vectors: np.ndarray) -> tuple[np.ndarray, int]:
+    def moving_blocks(self, vectors: MotionVectors) -> tuple[np.ndarray, int]:
         """bool grid (rows, cols) of the blocks that count as moving, and how many clusters they form:
         of the frame just judged when these are its vectors, else as the next frame would be judged."""
         if len(vectors) == 0:
-            return np.zeros((0, 0), bool), 0
+            return np.zeros(vectors.grid[::-1], bool), 0
         moving, clusters = self._judged[1:] if vectors is self._judged[0] else self._detect(vectors)[:2]
         if moving is None:
-            moving = np.zeros((int(vectors["y"].max()) // BLOCK + 1, int(vectors["x"].max()) // BLOCK + 1), bool)
+            moving = np.zeros(vectors.grid[::-1], bool)
         return moving, clusters
 
     def judge(self, frame: Frame) -> Verdict:
         vectors = frame.motion_vectors
-        if vectors is not None and len(vectors) == 0:
+        if vectors is not None and len(vectors) == 0:  # every block intra: nothing to tell motion by
             vectors = None
-        if vectors is not None and self._needs_picture_size:
-            grid = (int(vectors["y"].max()) // BLOCK + 1, int(vectors["x"].max()) // BLOCK + 1)
-            if grid != self._grid:  # once per stream: the only time a dropped frame builds its gray plane
-                self._grid, self._valid = grid, None
-                self._picture_size = _picture_size(vectors, frame.gray.shape)
         if vectors is None:
             self._previous = None  # a key frame: the next frame's vectors cannot continue anything
             self._unknown_run += 1

@@ -26,7 +26,7 @@ import numpy as np
 
 from framecull.config import SourceConfig
 from framecull.frame import Frame, analysis_plane
-from framecull.motion_vectors import from_av_frame
+from framecull.motion_vectors import MotionVectors, from_av_frame
 from framecull.sources import SourceError
 from framecull.sources.live import LiveSource
 
@@ -62,7 +62,7 @@ class MotionVectorDecoder:
         # low_delay: a frame's vectors come out with that frame, not one frame later.
         self.codec.options = {"flags2": "+export_mvs", "flags": "+low_delay"}
         self.keep = keep
-        self._vectors: OrderedDict[int, np.ndarray | None] = OrderedDict()
+        self._vectors: OrderedDict[int, MotionVectors | None] = OrderedDict()
         self._newest = -1  # time of the newest decoded frame
         self._fed = float("-inf")  # time.monotonic() of the last packet
         self._ready = threading.Condition()
@@ -84,7 +84,7 @@ class MotionVectorDecoder:
                 self._vectors.popitem(last=False)
             self._ready.notify_all()
 
-    def vectors_for(self, time_us: int, timeout: float = VECTORS_WAIT) -> np.ndarray | None:
+    def vectors_for(self, time_us: int, timeout: float = VECTORS_WAIT) -> MotionVectors | None:
         """The vectors of the frame at `time_us`; None for a key frame, or when they do not come."""
         with self._ready:
             if time.monotonic() - self._fed < 1.0:

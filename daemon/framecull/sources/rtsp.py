@@ -13,6 +13,7 @@ import re
 from typing import Iterator
 
 import av
+from av.video.reformatter import VideoReformatter
 
 from framecull import motion_vectors as mv
 from framecull.config import SourceConfig
@@ -51,6 +52,7 @@ class RtspSource(LiveSource):
         self.transport = cfg.transport
         self.motion_vectors = self.has_motion_vectors = bool(motion_vectors)
         self._container = None
+        self.reformatter = VideoReformatter()
 
     def connect(self) -> None:
         options = dict(OPEN_OPTIONS)
@@ -78,7 +80,8 @@ class RtspSource(LiveSource):
                 continue
             errors_in_a_row = 0
             for av_frame in decoded:
-                yield make_frame(av_frame, self.next_index(), clock.timestamp(av_frame.time), self.width)
+                yield make_frame(av_frame, self.next_index(), clock.timestamp(av_frame.time), self.width,
+                                 self.reformatter)
 
     def describe(self, error: Exception) -> str:
         return redact(super().describe(error))

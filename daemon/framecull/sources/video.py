@@ -37,17 +37,18 @@ def gray_plane(frame: av.VideoFrame) -> np.ndarray:
 
 
 def make_frame(av_frame: av.VideoFrame, index: int, timestamp: float, width: int,
-               reformatter: VideoReformatter | None = None) -> Frame:
-    """A Frame of a decoded picture: gray plane (at analysis `width`), BGR image and motion vectors
-    are built only when a gate asks for them; motion vectors from the decoder's side data, None when it has
-    none (key frame, or a decoder asked for no export: see framecull.motion_vectors.request_export)."""
+               reformatter: VideoReformatter) -> Frame:
+    """A Frame of a decoded picture: gray plane (at analysis `width`), BGR image, picture at a model's
+    size and motion vectors are built only when a gate asks for them; motion vectors from the
+    decoder's side data, None when it has none (key frame, or a decoder asked for no export: see
+    framecull.motion_vectors.request_export). One reformatter per source: each frame's own would
+    start a swscale thread pool (200 threads)."""
     return Frame(
         index,
         timestamp,
         load_gray=lambda: analysis_plane(gray_plane(av_frame), width),
-        # One reformatter per source: each frame's own would start a swscale thread pool (200 threads).
-        load_image=(lambda: reformatter.reformat(av_frame, format="bgr24").to_ndarray()) if reformatter
-        else (lambda: av_frame.to_ndarray(format="bgr24")),
+        load_image=lambda: reformatter.reformat(av_frame, format="bgr24").to_ndarray(),
+        load_picture=lambda w, h: reformatter.reformat(av_frame, w, h, "bgr24", interpolation="AREA").to_ndarray(),
         load_motion_vectors=lambda: mv.from_av_frame(av_frame),
     )
 
