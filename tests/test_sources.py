@@ -9,7 +9,7 @@ from framecull.sources import SourceError, open_source, throttle
 from framecull.sources.folder import FolderSource
 from framecull.sources.rtsp import RtspSource
 from framecull.sources.video import VideoFileSource
-from framecull.frame import Frame
+from framecull.frame import Frame, fit
 from scenes import encode_video, textured_background, to_bgr, with_car
 
 
@@ -52,6 +52,11 @@ def test_video_source_decodes_real_h264(tmp_path):
     gray = cv2.resize(cv2.cvtColor(frames[12].image, cv2.COLOR_BGR2GRAY), (160, 120), interpolation=cv2.INTER_AREA)
     assert np.abs(frames[12].gray - (16 + gray.astype(float) * 219 / 255)).mean() < 2.0
     assert frames[12].image.shape == (240, 320, 3)
+    # A model's input, scaled from the decoder's planes, is the full picture shrunk (frame.fit).
+    small = frames[12].picture(128, 96)
+    assert small.shape == (96, 128, 3) and small.dtype == np.uint8
+    assert np.abs(small.astype(float) - fit(frames[12].image, 128, 96)).mean() < 2.0
+    assert np.abs(small.astype(float) - fit(frames[0].image, 128, 96)).mean() > 2.0  # the car is there
 
 
 def test_truncated_video_ends_cleanly(tmp_path):
