@@ -291,3 +291,30 @@ def test_pooled_grid_index_finds_the_nearest_and_survives_a_rebuild(tmp_path, ca
     with caplog.at_level(logging.WARNING), Memory(tmp_path, "sha-grid", dim, CAPACITY, FOREVER, grid=grid) as again:
         assert len(again) == 300 and again.search(stored[42], k=1)[0][0] == ids[42]
     assert "rebuilding" in caplog.text
+
+
+OLD_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE kept (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, file TEXT NOT NULL, embedding BLOB NOT NULL,
+    model TEXT NOT NULL, threshold REAL NOT NULL, nearest_id INTEGER, nearest_distance REAL, light REAL);
+CREATE INDEX kept_time ON kept (time);
+"""
+
+
+def test_a_memory_from_before_thumbnails_opens_with_its_frames_and_records_them_from_then_on(tmp_path):
+    vectors = unit_vectors(2)
+    db = sqlite3.connect(tmp_path / "memory.sqlite")
+    db.executescript(OLD_SCHEMA)
+    with db:
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [("schema", "1"), ("model_sha256", SHA), ("dim", str(DIM))])
+        db.execute("INSERT INTO kept (time, file, embedding, model, threshold, light) VALUES (?, ?, ?, ?, ?, ?)",
+                   (1.0, "frames/a.jpg", vectors[0].astype("<f2").tobytes(), SHA, 0.05, 80.0))
+    db.close()
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
+        assert len(memory) == 1 and memory.search(vectors[0])[0][0] == 1
+        assert memory.get_thumbs([1]) == [None]
+        new = memory.add(vectors[1], 2.0, "frames/b.jpg", 0.05, None, 90.0, thumb=b"\xff\xd8jpeg")
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
+        assert memory.get_thumbs([1, new]) == [None, b"\xff\xd8jpeg"]
+        assert memory.get_light([1, new]) == [80.0, 90.0]

@@ -16,6 +16,7 @@ from framecull.embedder import Embedder, default_model_spec
 from framecull.frame import Frame
 from framecull.memory import Memory, ModelMismatch
 from framecull.sources.synthetic import parking_lot
+from framecull.thumbnails import thumbnail
 
 CAPACITY, FOREVER = 100_000, 0.0
 WIDTH = 320  # the analysis width
@@ -184,3 +185,15 @@ def test_without_its_light_a_remembered_scene_hides_its_darker_version(tmp_path)
         memory.add(embedder.embed(SCENE.render(0)), 1000.0, "frames/0.jpg", 0.05, None, None)
     same, darker = darker_is_kept(tmp_path)
     assert not same.kept and not darker.kept
+
+
+def test_rebuild_keeps_the_thumbnails_of_kept_stills(tmp_path):
+    image = SCENE.render(120)
+    (tmp_path / "frames").mkdir()
+    assert cv2.imwrite(str(tmp_path / "frames" / "0.jpg"), image)
+    with Memory(tmp_path, OLD, 32, CAPACITY, FOREVER) as memory:
+        kept = memory.add(old_model(image), 1000.0, "frames/0.jpg", 0.05, None, light_of(image), thumbnail(image))
+    with Memory(tmp_path, NEW, 48, CAPACITY, FOREVER, rebuild=True) as memory:
+        assert memory.reembed(new_model, WIDTH) == (1, 0)
+    with Memory(tmp_path, NEW, 48, CAPACITY, FOREVER) as memory:
+        assert memory.get_thumbs([kept]) == [thumbnail(image)]

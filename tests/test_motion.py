@@ -190,7 +190,7 @@ def test_reading_vectors_keeps_no_decoded_picture_alive(stop_go_stop):
     try:
         with VideoFileSource(stop_go_stop, 160, motion_vectors=True) as source:
             seen = sum(frame.motion_vectors is not None for frame in source.frames())
-        alive = sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+        alive = sum(type(o) is av.VideoFrame for o in gc.get_objects())
     finally:
         gc.enable()
     assert seen == 38 and alive <= 2

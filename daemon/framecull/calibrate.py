@@ -88,7 +88,7 @@ def record(config: Config, source: Source) -> Recording:
             forced = verdict.passed and score < cc.min_changed  # first frame or a light step
             if forced or score >= floor:
                 rec.candidates.append((frame.index, frame.timestamp, score, forced, float(frame.gray.mean())))
-                rec.vectors[frame.index] = embedder.embed(frame.image)
+                rec.vectors[frame.index] = embedder.embed(frame.picture(embedder.width, embedder.height))
     finally:
         source.close()
     rec.frames = len(times)
@@ -113,10 +113,12 @@ class _Replayed(Gate):
 
 
 class _Cached:
-    """An embedder that returns the recorded embedding of a frame (its `image` is its index)."""
+    """An embedder that returns the recorded embedding of a frame (its `image` and its `picture`
+    are its index)."""
 
     def __init__(self, embedder, vectors: dict[int, np.ndarray]) -> None:
         self.sha256, self.dim, self.grid = embedder.sha256, embedder.dim, embedder.grid
+        self.width, self.height = embedder.width, embedder.height
         self.vectors = vectors
 
     def embed(self, index: int) -> np.ndarray:
@@ -140,7 +142,8 @@ def simulate(rec: Recording, scale: float = 1.0, min_changed: float | None = Non
         gates = [_Replayed(scores, min_changed)]
         if nov.enabled:
             gates.append(NoveltyGate(cfg, config.lighting, embedder, open_memory(nov, embedder, Path(root))))
-        frames = (Frame(i, t, gray=np.array([[light]], np.float32), image=i) for i, t, _, _, light in rec.candidates)
+        frames = (Frame(i, t, gray=np.array([[light]], np.float32), image=i, load_picture=lambda w, h, i=i: i)
+                  for i, t, _, _, light in rec.candidates)
         decisions = Collect()
         with Runner(config, Path(root), write=False, sinks=[decisions], gates=gates) as runner:
             runner.run(frames)

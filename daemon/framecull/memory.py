@@ -2,7 +2,8 @@
 
 root/memory.sqlite  one row per kept frame: time, file, float16 embedding (the full vector), the
                     model that made it, the threshold in force, the nearest kept frame at the
-                    time, the frame's mean grey level
+                    time, the frame's mean grey level, and for stills a small colour thumbnail
+                    (JPEG; the novelty gate compares stills with it, framecull.thumbnails)
 root/index.faiss    what FAISS searches (the embeddings, or their pooled grid, see below);
                     rebuilt from SQLite whenever it is missing, unreadable or does not hold
                     exactly SQLite's rows
@@ -80,7 +81,8 @@ CREATE TABLE IF NOT EXISTS kept (
     threshold REAL NOT NULL,               -- min_distance in force when the frame was kept
     nearest_id INTEGER,                    -- nearest kept frame at that time, if any
     nearest_distance REAL,
-    light REAL                             -- mean grey level of the frame (its lighting state)
+    light REAL,                            -- mean grey level of the frame (its lighting state)
+    thumb BLOB                             -- stills: JPEG, framecull.thumbnails.THUMB_WIDTH wide
 );
 CREATE INDEX IF NOT EXISTS kept_time ON kept (time);
 """
@@ -90,6 +92,8 @@ INDEX_FILE = "index.faiss"
 FP16 = faiss.ScalarQuantizer.QT_fp16
 DB_FILE = "memory.sqlite"
 COLUMNS = {"id", "time", "file", "embedding", "model", "threshold", "nearest_id", "nearest_distance", "light"}
+# Columns added since the first schema: a memory without them gets them (empty) when opened.
+ADDED_COLUMNS = {"thumb": "BLOB"}
 _checked: set[tuple[int, int]] = set()  # (st_dev, st_ino) of memory files checked by this process
 
 
@@ -163,6 +167,10 @@ class Memory:
             columns = {r[1] for r in db.execute("PRAGMA table_info(kept)")}
             if not COLUMNS <= columns:
                 raise DamagedMemory(f"table kept lacks columns {sorted(COLUMNS - columns)}")
+            with db:
+                for name, kind in ADDED_COLUMNS.items():
+                    if name not in columns:
+                        db.execute(f"ALTER TABLE kept ADD COLUMN {name} {kind}")
             return db
         except sqlite3.OperationalError:  # locked, read-only, no space: the disk, not the file
             db.close()
@@ -209,7 +217,7 @@ class Memory:
         return False
 
     def _meta(self) -> list[tuple[str, str]]:
-        return [("schema", "1"), ("model_sha256", self.model_sha256), ("dim", str(self.dim))]
+        return [("schema", "2"), ("model_sha256", self.model_sha256), ("dim", str(self.dim))]
 
     def _remove_stale_temp_files(self) -> None:
         for path in self.root.glob(INDEX_FILE + ".tmp*"):  # a save() that was interrupted
@@ -310,7 +318,7 @@ class Memory:
         return [(found[j], float(np.clip(exact[j], 0.0, 2.0))) for j in order]
 
     def add(self, vector, time: float, file: str, threshold: float,
-            nearest: tuple[int, float] | None, light: float | None = None) -> int:
+            nearest: tuple[int, float] | None, light: float | None = None, thumb: bytes | None = None) -> int:
         """Remember a kept frame; committed to SQLite before it returns. Returns its id."""
         if self._stale:
             raise RuntimeError(f"{self.root}: the memory is another model's; reembed() it first")
@@ -319,10 +327,10 @@ class Memory:
         nearest_id, nearest_distance = (int(nearest[0]), float(nearest[1])) if nearest else (None, None)
         with self._db:
             cursor = self._db.execute(
-                "INSERT INTO kept (time, file, embedding, model, threshold, nearest_id, nearest_distance, light)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO kept (time, file, embedding, model, threshold, nearest_id, nearest_distance, light, thumb)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (float(time), str(file), half.tobytes(), self.model_sha256, float(threshold),
-                 nearest_id, nearest_distance, None if light is None else float(light)))
+                 nearest_id, nearest_distance, None if light is None else float(light), thumb))
         row_id = cursor.lastrowid
         self._index.add_with_ids(self._index_vectors(half.astype(np.float32)[None]), np.array([row_id], dtype=np.int64))
         self._dirty = True
@@ -371,6 +379,13 @@ class Memory:
         found = dict(self._db.execute(f"SELECT id, light FROM kept WHERE id IN ({marks})", ids)) if ids else {}
         return [found.get(i) for i in ids]
 
+    def get_thumbs(self, ids: Iterable[int]) -> list[bytes | None]:
+        """The recorded thumbnail (JPEG) of each kept still, in the order given (None: none recorded)."""
+        ids = [int(i) for i in ids]
+        marks = ",".join("?" * len(ids))
+        found = dict(self._db.execute(f"SELECT id, thumb FROM kept WHERE id IN ({marks})", ids)) if ids else {}
+        return [found.get(i) for i in ids]
+
     def evict(self, now: float) -> int:
         """Forget frames older than forget_after, then the oldest beyond capacity. Returns the count."""
         ids: list[int] = []
@@ -400,10 +415,10 @@ class Memory:
         """Re-embed, with this memory's model, every kept frame another model embedded, from its
         image under root; returns (re-embedded, forgotten).
 
-        Each row keeps its id, time, file, threshold, nearest and light; a frame whose image is gone
-        is forgotten. A row without a light (a rebuild by an older version lost it) gets it back from
-        its image: the mean of its gray analysis plane, as the novelty gate measures it. One
-        transaction: if interrupted, the memory is as it was."""
+        Each row keeps its id, time, file, threshold, nearest, light and thumbnail; a frame whose
+        image is gone is forgotten. A row without a light (a rebuild by an older version lost it)
+        gets it back from its image: the mean of its gray analysis plane, as the novelty gate
+        measures it. One transaction: if interrupted, the memory is as it was."""
         rows = self._db.execute("SELECT id, file, model, light FROM kept ORDER BY id").fetchall()
         reembedded, gone = 0, []
         # the old index first: a crash after this leaves SQLite whole and no index, still consistent

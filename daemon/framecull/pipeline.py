@@ -198,8 +198,10 @@ def build_gates(config: Config, memory_root: Path) -> list[Gate]:
     novelty = config.gates.novelty
     if novelty.enabled:
         from framecull.gates.novelty import NoveltyGate, load_embedder, open_memory
+        from framecull.thumbnails import StillsComparison
 
         embedder = load_embedder(novelty)
         memory = open_memory(novelty, embedder, memory_root)
-        gates.append(NoveltyGate(novelty, config.lighting, embedder, memory))
+        gates.append(NoveltyGate(novelty, config.lighting, embedder, memory,
+                                 StillsComparison(config.gates.change, config.regions)))
     return gates

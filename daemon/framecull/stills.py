@@ -25,6 +25,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 log = logging.getLogger("framecull.stills")
 
+# Frames further apart than this (seconds) are stills, not a stream: far beyond the frame interval
+# of any video, and long enough for the light and the scene to change everywhere at once.
+STILLS_GAP = 10.0
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_CAMERA = "default"
 

@@ -8,6 +8,8 @@ Per frame, on the small gray analysis plane:
   threshold adapted to the measured noise and contrast -> drop masked pixels -> open (removes
   speckle and thin rain streaks) -> dilate (joins an object's fragments) -> external contours
   -> sum the areas of contours above min_area -> candidate when the sum reaches min_changed.
+The pixel steps live in framecull.difference: the novelty gate compares stills with kept ones
+by the same rule.
 
 Stills (frames more than STILLS_GAP apart: a snapshot every few minutes) are a regime of their own:
 between two of them the whole scene may really change (dusk to night, floodlights, snow), so a
@@ -23,67 +25,17 @@ import cv2
 import numpy as np
 
 from framecull.config import ChangeConfig, LightingConfig, RegionsConfig
+from framecull.difference import (NORMAL_CONTRAST, blur_noise_gain, blur_plane, cdf, changed_areas,
+                                  envelope_difference, image_noise, match_lut, shake_kernel, spread, threshold_for)
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
 from framecull.lighting import lighting_change
 from framecull.regions import valid_mask
+from framecull.stills import STILLS_GAP
 
-# Robust spread (IQR / 1.349) of an ordinary daylight scene, in grey levels. The configured
-# threshold applies at this contrast; flatter scenes (night, fog) get a proportionally lower one.
-NORMAL_CONTRAST = 40.0
-MIN_CONTRAST_FACTOR = 0.25
-# The threshold never falls below this many noise sigmas of the frame-to-reference difference.
-NOISE_SIGMAS = 3.5
 # For |N(0, s)| the 25th percentile is 0.3186 s; a low quantile stays a noise measure until
 # three quarters of the frame really changed.
 Q25_OF_ABS_GAUSSIAN = 0.3186
-
-# Frames further apart than this (seconds) are stills, not a stream: far beyond the frame interval
-# of any video, and long enough for the light and the scene to change everywhere at once.
-STILLS_GAP = 10.0
-# Immerkær's noise operator: blind to flat areas and linear gradients; on white noise of sigma s its
-# response has sigma 6 s. The median of its magnitude ignores the edges of the scene.
-_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-MEDIAN_OF_ABS_GAUSSIAN = 0.6745
-
-_KERNEL3 = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
-# Camera shake the change gate tolerates, as a fraction of the frame width: +-2 px at the
-# default analysis width of 320 (+-4 px of a 640 px picture).
-SHAKE = 1 / 160
-
-
-def _cdf(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    hist = cv2.calcHist([image], [0], valid, [256], [0, 256]).ravel()
-    cdf = np.cumsum(hist)
-    return cdf / max(cdf[-1], 1.0)
-
-
-def _match_lut(cdf_cur: np.ndarray, cdf_ref: np.ndarray) -> np.ndarray:
-    """Float LUT that maps each grey level of the current frame to the reference level of the
-    same rank (histogram matching, interpolated to avoid quantisation steps)."""
-    mid = (cdf_cur + np.concatenate(([0.0], cdf_cur[:-1]))) / 2
-    ranks = np.concatenate(([0.0], cdf_ref))
-    levels = np.arange(-0.5, 256.0, 1.0)
-    return np.interp(mid, ranks, levels).astype(np.float32)
-
-
-def image_noise(gray: np.ndarray) -> float:
-    """Sigma of the grain of one gray picture (sensor noise, JPEG, the finest texture), in grey levels."""
-    response = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER)[1:-1, 1:-1]
-    return float(np.median(np.abs(response))) / (6 * MEDIAN_OF_ABS_GAUSSIAN)
-
-
-def blur_noise_gain(blur: int) -> float:
-    """How much a Gaussian blur of this kernel size scales white noise's sigma."""
-    if blur <= 1:
-        return 1.0
-    kernel = cv2.getGaussianKernel(blur, 0).ravel()
-    return float(np.sum(kernel ** 2))  # separable: sqrt(sum k2d^2) = sum k1d^2
-
-
-def _spread(cdf: np.ndarray) -> float:
-    q25, q75 = np.searchsorted(cdf, [0.25, 0.75])
-    return float(q75 - q25) / 1.349
 
 
 @dataclass
@@ -126,19 +78,16 @@ class ChangeGate(Gate):
     def _prepare(self, gray: np.ndarray) -> np.ndarray:
         if self._valid is None or self._valid.shape != gray.shape:
             self._valid = valid_mask(gray.shape, self.regions, grow=self.cfg.blur)
-            radius = max(1, round(SHAKE * gray.shape[1]))
-            self._shake = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * radius + 1, 2 * radius + 1))
+            self._shake = shake_kernel(gray.shape[1])
             self._ref = None
-        if self.cfg.blur > 1:
-            return cv2.GaussianBlur(gray, (self.cfg.blur, self.cfg.blur), 0)
-        return gray
+        return blur_plane(gray, self.cfg.blur)
 
     def _set_reference(self, blurred: np.ndarray, keep: np.ndarray | None = None) -> None:
         self._ref = blurred.astype(np.float32) if keep is None else keep
         self._ref_low = cv2.erode(self._ref, self._shake)
         self._ref_high = cv2.dilate(self._ref, self._shake)
-        self._ref_cdf = _cdf(blurred, self._valid)
-        self._ref_spread = _spread(self._ref_cdf)
+        self._ref_cdf = cdf(blurred, self._valid)
+        self._ref_spread = spread(self._ref_cdf)
         self._ref_mean = cv2.mean(blurred, self._valid)[0]
 
     def measure(self, frame: Frame) -> tuple[ChangeMeasure, np.ndarray]:
@@ -148,8 +97,8 @@ class ChangeGate(Gate):
             return ChangeMeasure(1.0, 0.0, 0.0, [], [], 0.0, first=True), blurred
         light = lighting_change(cv2.mean(blurred, self._valid)[0], self._ref_mean)
 
-        matched = cv2.LUT(blurred, _match_lut(_cdf(blurred, self._valid), self._ref_cdf))
-        diff = cv2.max(cv2.max(cv2.subtract(matched, self._ref_high), cv2.subtract(self._ref_low, matched)), 0.0)
+        matched = cv2.LUT(blurred, match_lut(cdf(blurred, self._valid), self._ref_cdf))
+        diff = envelope_difference(matched, self._ref_low, self._ref_high)
 
         stills = self._last_time is not None and abs(frame.clock - self._last_time) > STILLS_GAP
         if stills:
@@ -158,26 +107,9 @@ class ChangeGate(Gate):
             sample = diff[::3, ::3][self._valid[::3, ::3] > 0]
             k = len(sample) // 4
             noise = float(np.partition(sample, k)[k]) / Q25_OF_ABS_GAUSSIAN if k else 0.0
-        contrast = min(1.0, max(MIN_CONTRAST_FACTOR, self._ref_spread / NORMAL_CONTRAST))
-        threshold = max(self.cfg.threshold * contrast, NOISE_SIGMAS * noise)
-
-        changed = cv2.compare(diff, threshold, cv2.CMP_GT)
-        changed = cv2.bitwise_and(changed, self._valid)
-        changed = cv2.morphologyEx(changed, cv2.MORPH_OPEN, _KERNEL3)
-        changed = cv2.dilate(changed, _KERNEL3, iterations=2)
-        contours, _ = cv2.findContours(changed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-
-        area = float(changed.shape[0] * changed.shape[1])
-        min_area = self.cfg.min_area * area
-        accepted, small, total = [], [], 0.0
-        for contour in contours:
-            a = cv2.contourArea(contour)
-            if a >= min_area and a > 0:
-                accepted.append(contour)
-                total += a
-            else:
-                small.append(contour)
-        return ChangeMeasure(total / area, threshold, noise, accepted, small, light, first=False,
+        threshold = threshold_for(self.cfg.threshold, self._ref_spread, noise)
+        changed, accepted, small = changed_areas(diff, threshold, self._valid, self.cfg.min_area)
+        return ChangeMeasure(changed, threshold, noise, accepted, small, light, first=False,
                              stills=stills), blurred
 
     def _stills_noise(self, gray: np.ndarray) -> float:

@@ -9,7 +9,13 @@ frame is novel when either
     Averaging several cells keeps one noisy cell from making a frame novel, or
   - its mean grey level differs by more than [lighting] min_change (a ratio) from every one of the
     nearest kept frames: the default model ignores brightness (so flicker and auto-exposure make
-    no duplicates), yet a new lighting state of the same scene is worth one frame.
+    no duplicates), yet a new lighting state of the same scene is worth one frame, or
+  - (stills: the frames come on average more than STILLS_GAP apart) at pixel level, against the
+    colour thumbnail of every one of the nearest kept frames, areas covering [gates.change]
+    min_changed changed, by the change gate's rule for stills (framecull.thumbnails): a car parked
+    in one bay since the last still moves the grid cells less than a day's light does, but it is
+    a plain new blob in the picture. Video keeps to the embedding: there everything that moves is
+    a new blob in every frame, and a moving car is seen over many frames anyway.
 
 Target keep rate (`target_per_hour` > 0): min_distance and min_region_distance are multiplied
 by a factor in [0.25, 4] that rises slowly while frames are kept faster than the target and falls
@@ -30,6 +36,8 @@ from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
 from framecull.lighting import lighting_change
 from framecull.memory import Memory, ModelMismatch
+from framecull.stills import STILLS_GAP
+from framecull.thumbnails import StillsComparison, thumbnail
 
 PENDING_LIMIT = 256  # embeddings of recent candidates awaiting the pacing decision
 # Kept frames whose lighting is compared: more than the cell-compared neighbours, because
@@ -121,6 +129,7 @@ class NoveltyGate(Gate):
         "distance": "whole-frame cosine distance to the nearest kept frame (none: nothing kept yet)",
         "region": "mean distance of the most-changed grid cells to the nearest kept frames",
         "light": "brightness change against the nearest kept frames (a ratio, minus 1)",
+        "objects": "stills: fraction of the frame changed at pixel level against the most similar nearest kept frame",
         "nearest": "memory id of the nearest kept frame",
         "score": "how far past its threshold the strongest measure is (1 = at the threshold)",
         "factor": "target keep rate: the factor on the distance thresholds",
@@ -128,22 +137,31 @@ class NoveltyGate(Gate):
         "min_region_distance": "target keep rate: the min_region_distance in force",
     }
 
-    def __init__(self, cfg: NoveltyConfig, lighting: LightingConfig, embedder: Embedder, memory: Memory) -> None:
+    def __init__(self, cfg: NoveltyConfig, lighting: LightingConfig, embedder: Embedder, memory: Memory,
+                 stills: StillsComparison | None = None) -> None:
+        """stills: how stills are compared with the thumbnails of kept stills; None: never at pixel
+        level."""
         self.cfg = cfg
         self.light_change = lighting.min_change
         self.embedder = embedder
         self.memory = memory
-        self._pending: dict[int, tuple[np.ndarray, tuple[int, float] | None, float]] = {}
+        # index -> (embedding, nearest, light, thumbnail of a still) of recent candidates
+        self._pending: dict[int, tuple[np.ndarray, tuple[int, float] | None, float, bytes | None]] = {}
         self.keep_rate = KeepRate(cfg.target_per_hour) if cfg.target_per_hour > 0 else None
+        self.stills = stills
+        self._last_candidate: tuple[int, float] | None = None  # (index, clock) of the frame judged last
 
     @property
     def factor(self) -> float:
         return self.keep_rate.factor if self.keep_rate else 1.0
 
     def judge(self, frame: Frame) -> Verdict:
-        vector = self.embedder.embed(frame.image)
+        vector = self._embed(frame)
         light = float(frame.gray.mean())
         region = self.cfg.region and self.embedder.grid is not None
+        regime = self._regime(frame)
+        # recorded for stills, and for the first frame, which may be the first of stills
+        thumb = thumbnail(frame.image) if self.stills is not None and regime != "video" else None
         if self.keep_rate:
             self.keep_rate.advance(frame.timestamp)
         min_distance = self.cfg.min_distance * self.factor
@@ -151,14 +169,14 @@ class NoveltyGate(Gate):
         adaptive = {"factor": round(self.factor, 4), "min_distance": round(min_distance, 5),
                     "min_region_distance": round(min_region_distance, 5)} if self.keep_rate else {}
         neighbours = self.memory.search(vector, k=max(self.cfg.neighbours, LIGHT_NEIGHBOURS))
-        self._remember_pending(frame.index, vector, neighbours[0] if neighbours else None, light)
+        self._remember_pending(frame.index, vector, neighbours[0] if neighbours else None, light, thumb)
         if not neighbours:
-            return Verdict(True, {"distance": None, "region": None, "light": None, "nearest": None, "score": None,
-                                  **adaptive}, rank=math.inf)  # nothing to compare with: novel above all
+            return Verdict(True, {"distance": None, "region": None, "light": None, "objects": None, "nearest": None,
+                                  "score": None, **adaptive}, rank=math.inf)  # nothing to compare with: novel above all
         nearest, distance = neighbours[0]
         # How far past its threshold each measure is; pacing keeps the frame with the largest.
         ratios = [distance / max(min_distance, 1e-9)]
-        region_distance = light_step = None
+        region_distance = light_step = objects = None
         if region:
             kept_vectors = self.memory.get_vectors([i for i, _ in neighbours[: self.cfg.neighbours]])
             region_distance = min(
@@ -171,34 +189,53 @@ class NoveltyGate(Gate):
             if known:
                 light_step = min(lighting_change(light, k) for k in known)
                 ratios.append(light_step / self.light_change)
+        if thumb is not None and regime == "stills":
+            objects = self.stills.changed(thumb, self.memory.get_thumbs([i for i, _ in neighbours]))
+            if objects is not None:
+                ratios.append(objects / max(self.stills.min_changed, 1e-9))
         novel = (
             distance > min_distance
             or (region_distance is not None and region_distance > min_region_distance)
             or (light_step is not None and light_step > self.light_change)
+            or (objects is not None and objects >= self.stills.min_changed)
         )
         score = max(ratios)
         return Verdict(novel, {
             "distance": round(distance, 5),
             "region": None if region_distance is None else round(region_distance, 5),
             "light": None if light_step is None else round(light_step, 4),
+            "objects": None if objects is None else round(objects, 6),
             "nearest": nearest,
             "score": round(score, 4),
             **adaptive,
         }, rank=score)
 
-    def _remember_pending(self, index: int, vector: np.ndarray, nearest, light: float) -> None:
+    def _embed(self, frame: Frame) -> np.ndarray:
+        return self.embedder.embed(frame.picture(self.embedder.width, self.embedder.height))
+
+    def _regime(self, frame: Frame) -> str:
+        """"stills" when the frames come on average more than STILLS_GAP apart since the frame judged
+        last, else "video"; "unknown" for the first. This gate sees candidates only: a video's may be
+        minutes apart, its frames are not."""
+        last, self._last_candidate = self._last_candidate, (frame.index, frame.clock)
+        if last is None or frame.index <= last[0]:
+            return "unknown"
+        return "stills" if (frame.clock - last[1]) / (frame.index - last[0]) > STILLS_GAP else "video"
+
+    def _remember_pending(self, index: int, vector: np.ndarray, nearest, light: float, thumb: bytes | None) -> None:
         if len(self._pending) >= PENDING_LIMIT:
             self._pending.pop(next(iter(self._pending)))
-        self._pending[index] = (vector, nearest, light)
+        self._pending[index] = (vector, nearest, light, thumb)
 
     def on_kept(self, frame: Frame, path: str | None) -> None:
-        vector, nearest, light = self._pending.pop(frame.index, (None, None, None))
+        vector, nearest, light, thumb = self._pending.pop(frame.index, (None, None, None, None))
         if vector is None:  # kept without being judged here
-            vector, light = self.embedder.embed(frame.image), float(frame.gray.mean())
+            vector, light = self._embed(frame), float(frame.gray.mean())
+            thumb = thumbnail(frame.image) if self.stills is not None else None
         if self.keep_rate:
             self.keep_rate.kept(frame.timestamp)
         self.memory.add(vector, frame.timestamp, self._relative(path), self.cfg.min_distance * self.factor, nearest,
-                        light)
+                        light, thumb)
         self.memory.evict(frame.timestamp)
 
     def forgotten(self, images: list[Path]) -> list[Path]:
