@@ -56,6 +56,12 @@ NO_VECTORS_RUN = 3
 _AROUND = np.array([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
 
 
+def _neighbour_offsets(padded_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index offsets of the 8 neighbours in a padded grid of this width, and of the block and its 8."""
+    around = _AROUND[:, 0] * padded_cols + _AROUND[:, 1]
+    return around, np.r_[0, around]
+
+
 class MotionVectorGate(Gate):
     name = "motion_vectors"
 
@@ -82,6 +88,7 @@ class MotionVectorGate(Gate):
         self._seen_vectors = False
         self._unknown_run = 0
         self._told_no_vectors = False
+        self._offsets: tuple = (None, None, None)  # padded grid width, neighbour offsets, with the block itself
 
     def _valid_blocks(self, width: int, height: int) -> np.ndarray:
         if self._valid_for != (width, height):
@@ -132,7 +139,9 @@ class MotionVectorGate(Gate):
         speed2 = vx * vx + vy * vy
         fast = speed2 > threshold2
         candidates = np.flatnonzero(fast)
-        offsets = _AROUND[:, 0] * padded_cols + _AROUND[:, 1]
+        if self._offsets[0] != padded_cols:
+            self._offsets = (padded_cols, *_neighbour_offsets(padded_cols))
+        _, offsets, with_self = self._offsets
         around = candidates[:, None] + offsets
         paired = fast[around]
         if not paired.any():  # scattered noise: no two fast blocks touch
@@ -155,9 +164,10 @@ class MotionVectorGate(Gate):
         if self._previous is not None and self._previous[0].size == size:
             before, bvx, bvy = self._previous
             row, col = np.divmod(same_way, padded_cols)
-            row = np.clip(row + np.rint(vy[same_way] / BLOCK).astype(np.intp), 1, rows)
-            col = np.clip(col + np.rint(vx[same_way] / BLOCK).astype(np.intp), 1, cols)
-            there = (row * padded_cols + col)[:, None] + np.r_[0, offsets]
+            # np.minimum/np.maximum: np.clip's Python wrapper costs more than the work here
+            row = np.minimum(np.maximum(row + np.rint(vy[same_way] / BLOCK).astype(np.intp), 1), rows)
+            col = np.minimum(np.maximum(col + np.rint(vx[same_way] / BLOCK).astype(np.intp), 1), cols)
+            there = (row * padded_cols + col)[:, None] + with_self
             dot = bvx[there] * vx[same_way, None] + bvy[there] * vy[same_way, None]
             lengths2 = (bvx[there] ** 2 + bvy[there] ** 2) * speed2[same_way, None]
             continues = (before[there] & (dot > 0) & (dot * dot >= CONTINUES_COS2 * lengths2)).any(axis=1)
