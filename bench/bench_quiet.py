@@ -12,6 +12,8 @@ motion-vector gate on and off) and prints one Markdown row per stream and config
   replay time  CPU time of the replay's runner (the one `framecull replay` uses) against decoding the
                stream alone (PyAV), same run, one core; CPU time, not wall time, so that other work
                on the machine does not blur the ratio
+  vectors      decoding with the vectors exported and read (framecull.motion_vectors), nothing else:
+               what any use of the vectors costs before the gate's own work
   events kept  events with at least one kept frame while they happen (person, small object, creep)
 
 Runs on one core (sched_setaffinity), as a Pi-class device would spare. Prints figures; not a
@@ -31,6 +33,7 @@ import cv2
 import numpy as np
 
 from framecull.config import Config
+from framecull.motion_vectors import from_av_frame, request_export
 from framecull.pipeline import Decision
 from framecull.runner import Collect, Runner
 from framecull.sources import iter_frames, open_source, with_recorded_source
@@ -131,6 +134,17 @@ def decode_seconds(path: Path) -> float:
         return time.process_time() - start
 
 
+def vectors_seconds(path: Path) -> float:
+    """CPU seconds of decoding with the vectors exported and read for every frame, nothing else."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        request_export(stream)
+        start = time.process_time()
+        for frame in container.decode(stream):
+            from_av_frame(frame)
+        return time.process_time() - start
+
+
 def replay_run(path: Path, motion_vectors: bool) -> tuple[float, list[Decision]]:
     """CPU seconds of `framecull replay`'s runner over the stream (decode, gates, stores; the model
     and memory are loaded before the clock starts), and its decisions."""
@@ -163,12 +177,13 @@ def main() -> None:
     quiet = quiet_frames()
     print(f"{WIDTH}x{HEIGHT}, {FPS} fps, {FRAMES} frames, x264 veryfast, no B-frames, key frame every {GOP} frames, "
           f"{BITRATE} kbit/s cap; one core; CPU time of the replay, best of 2, against decoding alone, best of 3\n")
-    print("| noise sigma | MV gate | MV decides (quiet frames) | embedded | replay time | events kept |")
-    print("|---:|---|---:|---:|---:|---|")
+    print("| noise sigma | MV gate | MV decides (quiet frames) | embedded | replay time | vectors | events kept |")
+    print("|---:|---|---:|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for sigma in (2.5, 6.0):
             clip = encode(Path(tmp) / f"room-{sigma}.mp4", sigma)
             floor = min(decode_seconds(clip) for _ in range(3))
+            vectors = min(vectors_seconds(clip) for _ in range(3))
             for enabled in (True, False):
                 runs = [replay_run(clip, enabled) for _ in range(2)]
                 seconds, decisions = min(runs, key=lambda run: run[0])
@@ -178,6 +193,7 @@ def main() -> None:
                 events = kept_events(decisions)
                 print(f"| {sigma:g} | {'on' if enabled else 'off'} | {f'{decided:.1%}' if enabled else ''} | "
                       f"{embedded:.1%} | {seconds / floor:.2f}x ({1000 * floor / FRAMES:.1f} ms/frame decode) | "
+                      f"{f'{vectors / floor:.2f}x' if enabled else ''} | "
                       f"{len(events)}/{len(EVENTS)} ({', '.join(events)}) |", flush=True)
 
 

@@ -6,6 +6,7 @@ leak, unclean exits) are the service's, in its own tests."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -21,11 +22,11 @@ import pytest
 
 from conftest import fill
 from framecull.cli import main as cli
-from framecull.config import EX_CONFIG, config_from_dict
+from framecull.config import EX_CONFIG, Config, config_from_dict
 from framecull.frame import Frame
 from framecull.memory import Memory, kept_files
 from framecull.runner import Collect, Runner
-from framecull.sources import iter_frames
+from framecull.sources import iter_frames, open_source
 from framecull.sources.synthetic import SyntheticSource
 from framecull.store import StoreRootError, check_root
 from scenes import encode_video, textured_background, to_bgr, with_car
@@ -446,6 +447,49 @@ def onnx_model(path: Path, kind: str) -> Path:
                               opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, str(path))
     return path
+
+
+def dark_nan_model(path: Path) -> Path:
+    """A model that tells pictures apart by their row means, and whose first value is the square root
+    of (mean brightness - 20): NaN for a black picture, finite for the start-up probe's pictures."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 33])
+    nodes = [helper.make_node("ReduceMean", ["image"], ["rows"], axes=[1, 3], keepdims=0),
+             helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Sub", ["mean", "twenty"], ["lifted"]),
+             helper.make_node("Sqrt", ["lifted"], ["root"]),
+             helper.make_node("Reshape", ["root", "shape"], ["first"]),
+             helper.make_node("Concat", ["first", "rows"], ["out"], axis=1)]
+    inits = [helper.make_tensor("twenty", TensorProto.FLOAT, [1], [20.0]),
+             helper.make_tensor("shape", TensorProto.INT64, [2], [1, 1])]
+    model = helper.make_model(helper.make_graph(nodes, "m", [image], [out], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_9_a_picture_the_model_gives_nan_for_is_dropped_and_the_run_goes_on(tmp_path, caplog):
+    model = dark_nan_model(tmp_path / "dark-nan.onnx")
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    for i in range(6):
+        picture = to_bgr(textured_background(i, 240, 320), rng) if i != 2 else np.zeros((240, 320, 3), np.uint8)
+        cv2.imwrite(str(folder / f"cam_2024-01-01_00_0{i}_00.png"), picture)
+    config = Config.model_validate({"source": {"kind": "folder", "uri": str(folder)},
+                                    "gates": {"motion_vectors": {"enabled": False}, "novelty": {"model": str(model)}}})
+    collect = Collect()
+    with caplog.at_level(logging.WARNING), Runner(config, tmp_path / "out", sinks=[collect]) as runner, \
+            open_source(config) as source:
+        runner.run(iter_frames(source, 0))
+    decisions = {d.index: d for d in collect.decisions}
+    assert len(decisions) == 6 and decisions[2].stage == "source" and not decisions[2].kept
+    assert "NaN" in caplog.text and "dark-nan.onnx" in caplog.text
+    assert all("novelty" in decisions[i].scores for i in (0, 1, 3, 4, 5) if decisions[i].stage != "change")
+    assert decisions[0].kept and runner.lost == 0
 
 
 @pytest.mark.parametrize("kind", ["nan", "constant"])

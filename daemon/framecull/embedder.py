@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from framecull.frame import fit
+from framecull.frame import BadPicture, fit
 
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
@@ -201,8 +201,12 @@ class Embedder:
         return out
 
     def embed(self, image_bgr: np.ndarray) -> np.ndarray:
-        """float32 [dim], L2-normalised (an all-zero output stays zero)."""
+        """float32 [dim], L2-normalised (an all-zero output stays zero). BadPicture when the model
+        gives NaN or infinite values for this picture (it passed the probe at start, so the picture
+        is the problem, not the model: the frame is dropped, the run goes on)."""
         vector = self._run(image_bgr)
+        if not np.isfinite(vector).all():
+            raise BadPicture(f"{self.path.name} gives NaN or infinite values for this picture: it cannot be compared")
         length = float(np.linalg.norm(vector))
         return vector / length if length > 0 else vector
 
