@@ -223,3 +223,70 @@ def test_video_frames_are_never_compared_at_pixel_level(tmp_path):
         runner.run(frames)
     judged = [d.scores["novelty"] for d in decisions.decisions if "novelty" in d.scores]
     assert len(judged) >= 2 and all(scores["objects"] is None for scores in judged)
+
+
+def floodlit(picture: np.ndarray, exposure: float = 1.0) -> np.ndarray:
+    """The picture at night under two floodlight pools (light that is not global: no histogram
+    match maps it back), times an exposure."""
+    h, w = picture.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    pools = sum(np.exp(-((xs - cx * w) ** 2 + (ys - cy * h) ** 2) / (2 * (0.2 * w) ** 2))
+                for cx, cy in ((0.3, 0.55), (0.75, 0.45)))
+    light = exposure * (0.15 + 0.85 * np.minimum(pools, 1.0))
+    return np.clip(picture * light[..., None], 0, 255)
+
+
+def kept_stills(tmp_path, pictures: list[np.ndarray]) -> list[dict]:
+    folder, out = tmp_path / "stills", tmp_path / "out"
+    folder.mkdir()
+    parked_lot_stills(folder, pictures)
+    replay_stills(Config(), folder, out)
+    return [json.loads(line) for line in (out / DECISIONS_FILE).read_text().splitlines()]
+
+
+def lot_and_car() -> tuple[np.ndarray, np.ndarray]:
+    lot = parking_lot(seed=0).background
+    car = lot.copy()
+    draw_car(car, BAY_CENTRES[1], REST_Y, -math.pi / 2, CAR_COLOURS["white"], np.array([1.0, 1.0]))
+    return lot.astype(np.float32), car.astype(np.float32)
+
+
+def test_a_known_scene_under_floodlights_is_the_same_scene_and_a_car_under_them_is_new(tmp_path):
+    """Pixel level, each still is relit to the other's light (the smooth ratio of the two): the
+    night is a new light once, the lot seen by day and at night is one scene, and a car parked
+    under the floodlights is a new blob all the same."""
+    lot, car = lot_and_car()
+    decisions = kept_stills(tmp_path, [lot, floodlit(lot), lot, floodlit(car), car, floodlit(car)])
+    assert [d["kept"] for d in decisions] == [True, True, False, True, False, False]
+    night, car_at_night, car_by_day = (decisions[i]["scores"]["novelty"] for i in (1, 3, 4))
+    min_changed = Config().gates.change.min_changed
+    assert night["objects"] < min_changed and night["light"] > 1.0  # not a new scene: a new light
+    assert car_at_night["objects"] >= min_changed  # the control: relighting does not take a car away
+    assert car_by_day["objects"] < min_changed and car_by_day["light"] < 1.0
+
+
+def test_floodlights_are_a_new_light_even_when_the_exposure_keeps_the_mean_level(tmp_path):
+    """A camera's auto-exposure may keep the night's mean grey level near the day's: the light is
+    still laid out otherwise (pools a stop brighter, the rest a stop darker)."""
+    lot, _ = lot_and_car()
+    night = floodlit(lot)
+    exposure = float(lot.mean() / night.mean())
+    decisions = kept_stills(tmp_path, [lot, floodlit(lot, exposure), floodlit(lot, exposure)])
+    assert [d["kept"] for d in decisions] == [True, True, False]  # the control: the night again is not new
+    assert abs(floodlit(lot, exposure).mean() / lot.mean() - 1) < Config().lighting.min_change
+    assert decisions[1]["scores"]["novelty"]["light"] > 1.0
+
+
+def test_a_dusk_ramp_is_one_new_light_a_stop_on_not_one_every_20_percent(tmp_path):
+    """Stills minutes apart see the light of the day drift: 2 stops of dusk in 12 stills, 12% each.
+    A new light for stills is a stop (twice or half the light) from every kept still: one still of
+    the ramp is kept, the first half as bright as the kept one (the control: light still counts);
+    [lighting] min_change (20%) would have kept every other still."""
+    lot, _ = lot_and_car()
+    gains = [0.88 ** i for i in range(12)]  # 1.0 .. 0.24
+    decisions = kept_stills(tmp_path, [lot * g for g in gains])
+    kept = [i for i, d in enumerate(decisions) if d["kept"]]
+    assert kept[0] == 0 and len(kept) == 2, kept
+    assert gains[kept[1]] < 0.5 <= gains[kept[1] - 1]
+    judged = [d for d in decisions if d["stage"] == "novelty"]
+    assert len(judged) >= 5  # the change gate passed every other still as a new light: the novelty gate decided

@@ -7,15 +7,21 @@ frame is novel when either
     distance of its `region_cells` most-changed grid cells exceeds `min_region_distance`:
     a new car in one bay of a large lot barely moves the whole vector but changes a few cells.
     Averaging several cells keeps one noisy cell from making a frame novel, or
-  - its mean grey level differs by more than [lighting] min_change (a ratio) from every one of the
-    nearest kept frames: the default model ignores brightness (so flicker and auto-exposure make
-    no duplicates), yet a new lighting state of the same scene is worth one frame, or
+  - its light differs by more than [lighting] min_change (a ratio) from every one of the nearest
+    kept frames: the default model ignores brightness (so flicker and auto-exposure make no
+    duplicates), yet a new lighting state of the same scene is worth one frame. Video: the mean
+    grey level. Stills: the light field of framecull.thumbnails, the smooth ratio of the two
+    pictures, anywhere and in any channel (a change of the whole light, of its colour, or of a
+    part: floodlights under an exposure that keeps the mean), and at least a stop
+    (STILLS_LIGHT_STEP), or
   - (stills: the frames come on average more than STILLS_GAP apart) at pixel level, against the
-    colour thumbnail of every one of the nearest kept frames, areas covering [gates.change]
-    min_changed changed, by the change gate's rule for stills (framecull.thumbnails): a car parked
-    in one bay since the last still moves the grid cells less than a day's light does, but it is
-    a plain new blob in the picture. Video keeps to the embedding: there everything that moves is
-    a new blob in every frame, and a moving car is seen over many frames anyway.
+    colour thumbnail of every one of the nearest kept frames, each relit to the other's light,
+    areas covering [gates.change] min_changed changed, by the change gate's rule for stills
+    (framecull.thumbnails): a car parked in one bay since the last still moves the grid cells
+    less than a day's light does, but it is a plain new blob in the picture; a scene kept by day
+    is the same scene under floodlights. There the grid-cell criterion does not decide (the cells
+    move with the light as far as with a car). Video keeps to the embedding: there everything
+    that moves is a new blob in every frame, and a moving car is seen over many frames anyway.
 
 Target keep rate (`target_per_hour` > 0): min_distance and min_region_distance are multiplied
 by a factor in [0.25, 4] that rises slowly while frames are kept faster than the target and falls
@@ -43,6 +49,14 @@ PENDING_LIMIT = 256  # embeddings of recent candidates awaiting the pacing decis
 # Kept frames whose lighting is compared: more than the cell-compared neighbours, because
 # to a brightness-blind model all lighting states of an empty scene are equally near.
 LIGHT_NEIGHBOURS = 32
+
+# Stills: a new lighting state is twice or half the light of every nearest kept still somewhere
+# (one stop; [lighting] min_change when larger). Between stills minutes apart the light of the day
+# drifts: dawn and dusk pass through 2-3 stops, which min_change (20%, made for flicker and lamps
+# in video, where the light rarely drifts that far between two candidates) cuts into 6-9 "states"
+# of one transition. A stop is the unit in which exposure is counted; the same scene in a light
+# laid out otherwise (floodlights) differs by more than a stop in part of the picture.
+STILLS_LIGHT_STEP = 1.0
 
 # Target keep rate: bounds of the factor on the distance thresholds.
 MIN_FACTOR, MAX_FACTOR = 0.25, 4.0
@@ -128,7 +142,7 @@ class NoveltyGate(Gate):
     score_keys = {
         "distance": "whole-frame cosine distance to the nearest kept frame (none: nothing kept yet)",
         "region": "mean distance of the most-changed grid cells to the nearest kept frames",
-        "light": "brightness change against the nearest kept frames (a ratio, minus 1)",
+        "light": "brightness change against the nearest kept frames (a ratio, minus 1; stills: the largest anywhere)",
         "objects": "stills: fraction of the frame changed at pixel level against the most similar nearest kept frame",
         "nearest": "memory id of the nearest kept frame",
         "score": "how far past its threshold the strongest measure is (1 = at the threshold)",
@@ -177,26 +191,38 @@ class NoveltyGate(Gate):
         # How far past its threshold each measure is; pacing keeps the frame with the largest.
         ratios = [distance / max(min_distance, 1e-9)]
         region_distance = light_step = objects = None
+        stills = thumb is not None and regime == "stills"
+        # stills: a new light is a stop away (see STILLS_LIGHT_STEP)
+        light_bar = max(self.light_change, STILLS_LIGHT_STEP) if stills else self.light_change
+        if stills:
+            objects, light_step = self.stills.compare(thumb, self.memory.get_thumbs([i for i, _ in neighbours]),
+                                                      light_bar)
+            if objects is not None:
+                ratios.append(objects / max(self.stills.min_changed, 1e-9))
+        # Objects in stills are judged at pixel level, which relights the light away; the grid cells
+        # move with the light too (night against day of one scene: as far as a new car), so they
+        # decide only where no pixel comparison could be made.
+        cells_decide = objects is None
         if region:
             kept_vectors = self.memory.get_vectors([i for i, _ in neighbours[: self.cfg.neighbours]])
             region_distance = min(
                 top_cells_mean(cell_distances(vector, kept, self.embedder.grid), self.cfg.region_cells)
                 for kept in kept_vectors
             )
-            ratios.append(region_distance / max(min_region_distance, 1e-9))
-        if self.light_change > 0:
+            if cells_decide:
+                ratios.append(region_distance / max(min_region_distance, 1e-9))
+        if self.light_change <= 0:
+            light_step = None
+        elif light_step is None:  # no thumbnail to compare with: the mean grey levels
             known = [k for k in self.memory.get_light([i for i, _ in neighbours]) if k is not None]
             if known:
                 light_step = min(lighting_change(light, k) for k in known)
-                ratios.append(light_step / self.light_change)
-        if thumb is not None and regime == "stills":
-            objects = self.stills.changed(thumb, self.memory.get_thumbs([i for i, _ in neighbours]))
-            if objects is not None:
-                ratios.append(objects / max(self.stills.min_changed, 1e-9))
+        if light_step is not None:
+            ratios.append(light_step / light_bar)
         novel = (
             distance > min_distance
-            or (region_distance is not None and region_distance > min_region_distance)
-            or (light_step is not None and light_step > self.light_change)
+            or (cells_decide and region_distance is not None and region_distance > min_region_distance)
+            or (light_step is not None and light_step > light_bar)
             or (objects is not None and objects >= self.stills.min_changed)
         )
         score = max(ratios)
