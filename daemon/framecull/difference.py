@@ -52,8 +52,9 @@ def spread(c: np.ndarray) -> float:
 
 def image_noise(gray: np.ndarray) -> float:
     """Sigma of the grain of one gray picture (sensor noise, JPEG, the finest texture), in grey levels."""
-    response = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER)[1:-1, 1:-1]
-    return float(np.median(np.abs(response))) / (6 * MEDIAN_OF_ABS_GAUSSIAN)
+    magnitude = np.abs(cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER)[1:-1, 1:-1]).ravel()
+    middle = magnitude.size // 2  # the median, by partition: np.median costs 3-4 times more
+    return float(np.partition(magnitude, middle)[middle]) / (6 * MEDIAN_OF_ABS_GAUSSIAN)
 
 
 def blur_noise_gain(blur: int) -> float:
