@@ -38,6 +38,9 @@ from framecull.pipeline import Decision
 from framecull.runner import Collect, Runner
 from framecull.sources import iter_frames, open_source, with_recorded_source
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from scenes import paste, textured_thing  # noqa: E402
+
 WIDTH, HEIGHT, FPS = 1280, 720, 10
 FRAMES = 1800  # three minutes
 GOP = 2 * FPS
@@ -67,30 +70,14 @@ def room(seed: int = 0) -> np.ndarray:
     return scene
 
 
-def textured(h: int, w: int, level: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return level + cv2.GaussianBlur(rng.normal(0, 20, (h, w)).astype(np.float32), (0, 0), 1.5)
-
-
-def paste(picture: np.ndarray, thing: np.ndarray, x: float, y: int) -> None:
-    """Draw `thing` at (x, y), x with sub-pixel precision (a creeping box moves 0.4 px a frame)."""
-    h, w = thing.shape
-    x0 = int(np.floor(x))
-    shifted = cv2.warpAffine(thing, np.float32([[1, 0, x - x0], [0, 1, 0]]), (w + 1, h),
-                             borderMode=cv2.BORDER_REPLICATE)
-    left, right = max(x0, 0), min(x0 + w + 1, WIDTH)
-    if right > left:
-        picture[y:y + h, left:right] = shifted[:, left - x0:right - x0]
-
-
 def pictures(sigma: float, seed: int = 1):
     rng = np.random.default_rng(seed)
     scene = room()
-    person = textured(HEIGHT // 2, HEIGHT // 6, 55, 3)
+    person = textured_thing(HEIGHT // 2, HEIGHT // 6, 55, 3)
     person[: HEIGHT // 12] = 170  # a head
     side = round((WIDTH * HEIGHT * 0.006) ** 0.5)  # 0.6% of the frame
-    small = textured(side, side, 35, 4)
-    box = textured(HEIGHT // 5, HEIGHT // 3, 215, 5)  # a light car (240 x 144 px), dark stripes
+    small = textured_thing(side, side, 35, 4)
+    box = textured_thing(HEIGHT // 5, HEIGHT // 3, 215, 5)  # a light car (240 x 144 px), dark stripes
     box[::6] = 40
     noise = [rng.normal(0, sigma, (HEIGHT, WIDTH)).astype(np.float32) for _ in range(16)]
     for i in range(FRAMES):

@@ -18,6 +18,25 @@ def textured_background(seed: int = 0, height: int = 360, width: int = 640) -> n
     return scene
 
 
+def textured_thing(height: int, width: int, level: float, seed: int, spread: float = 20.0,
+                   blur: float = 1.5) -> np.ndarray:
+    """A float32 patch of fine texture around `level` (a person, a car, a ball)."""
+    rng = np.random.default_rng(seed)
+    return level + cv2.GaussianBlur(rng.normal(0, spread, (height, width)).astype(np.float32), (0, 0), blur)
+
+
+def paste(picture: np.ndarray, thing: np.ndarray, x: float, y: int) -> None:
+    """Draw `thing` at (x, y), x to a fraction of a pixel (a creeping car moves 0.4 px a frame),
+    clipped at the picture's left and right edges."""
+    h, w = thing.shape
+    x0 = int(np.floor(x))
+    shifted = cv2.warpAffine(thing, np.float32([[1, 0, x - x0], [0, 1, 0]]), (w + 1, h),
+                             borderMode=cv2.BORDER_REPLICATE)
+    left, right = max(x0, 0), min(x0 + w + 1, picture.shape[1])
+    if right > left:
+        picture[y:y + h, left:right] = shifted[:, left - x0:right - x0]
+
+
 def with_car(scene: np.ndarray, x: int = 300, y: int = 230, w: int = 90, h: int = 45, value: float = 40) -> np.ndarray:
     """The scene with a car-sized dark block (about 1.8% of a 640x360 frame)."""
     out = scene.copy()

@@ -36,6 +36,11 @@ from test_service import Daemon, read_status, rtsp_source, server, wait_until, w
 pytestmark = pytest.mark.slow  # real mounts, servers, subprocesses and 200 kill -9
 
 
+# A daemon config extra under which a frame is kept every 0.2 s: frames keep coming to the store.
+KEEP_A_FRAME_EVERY_0_2_S = ("[pacing]\nmin_interval = 0.2\n[gates.novelty]\nmin_distance = 0.0\n"
+                            "min_region_distance = 0.0\n[gates.change]\nmin_changed = 0.0")
+
+
 def framecull(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "framecull", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
@@ -84,8 +89,7 @@ def test_2_a_store_remounted_read_only_costs_frames_not_the_daemon(tmp_path, ser
     bind_root = tmp_path / "root"
     bind_root.mkdir()
     config = write_config(tmp_path / "cam1.toml", bind_root, rtsp_source(server),
-                          extra="[pacing]\nmin_interval = 0.2\n[gates.novelty]\nmin_distance = 0.0\n"
-                                "min_region_distance = 0.0\n[gates.change]\nmin_changed = 0.0")
+                          extra=KEEP_A_FRAME_EVERY_0_2_S)
     server.start()
     daemon = Daemon(config, tmp_path / "daemon.log")
     try:
@@ -507,8 +511,7 @@ def test_9_a_model_whose_output_is_nan_or_constant_is_refused(tmp_path, capsys, 
 def test_11_a_second_process_on_the_same_root_is_refused_and_touches_nothing(tmp_path, server):
     root = tmp_path / "root"
     config = write_config(tmp_path / "cam1.toml", root, rtsp_source(server),
-                          extra="[pacing]\nmin_interval = 0.2\n[gates.novelty]\nmin_distance = 0.0\n"
-                                "min_region_distance = 0.0\n[gates.change]\nmin_changed = 0.0")
+                          extra=KEEP_A_FRAME_EVERY_0_2_S)
     server.start()
     first = Daemon(config, tmp_path / "first.log")
     try:

@@ -12,7 +12,7 @@ import pytest
 from framecull.config import Config
 from framecull.runner import Collect, Runner
 from framecull.sources import iter_frames, open_source, with_recorded_source
-from scenes import textured_background
+from scenes import paste, textured_background, textured_thing
 
 pytestmark = pytest.mark.slow
 
@@ -34,21 +34,6 @@ def encode(path: Path, pictures, width: int, height: int, preset: str, rate: str
 
 def noisy(scene: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     return np.clip(scene + rng.normal(0, sigma, scene.shape), 0, 255).astype(np.uint8)
-
-
-def thing(h: int, w: int, level: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return level + cv2.GaussianBlur(rng.normal(0, 25, (h, w)).astype(np.float32), (0, 0), 1.2)
-
-
-def draw(picture: np.ndarray, patch: np.ndarray, x: float, y: int) -> None:
-    """`patch` at (x, y), x to a fraction of a pixel, clipped at the picture's edges."""
-    h, w = patch.shape
-    x0 = int(np.floor(x))
-    moved = cv2.warpAffine(patch, np.float32([[1, 0, x - x0], [0, 1, 0]]), (w + 1, h), borderMode=cv2.BORDER_REPLICATE)
-    left, right = max(x0, 0), min(x0 + w + 1, picture.shape[1])
-    if right > left:
-        picture[y:y + h, left:right] = moved[:, left - x0:right - x0]
 
 
 def judged(clip: Path, config: Config, memory: Path) -> list:
@@ -84,14 +69,14 @@ def creeping_car(tmp_path_factory) -> Path:
     frame for 20 s (80 px: far under a pixel a frame, it never makes a vector worth the name)."""
     rng = np.random.default_rng(2)
     scene = textured_background(height=720, width=1280)
-    car = thing(120, 200, 35, 3)
+    car = textured_thing(120, 200, 35, 3, spread=25.0, blur=1.2)
     car[::8] = 210
 
     def pictures():
         for i in range(240):
             picture = scene.copy()
             if i >= 40:
-                draw(picture, car, 1280 - 0.4 * (i - 40), 520)
+                paste(picture, car, 1280 - 0.4 * (i - 40), 520)
             yield noisy(picture, 2.5, rng)
 
     return encode(tmp_path_factory.mktemp("creep") / "creep.mp4", pictures(), 1280, 720, "veryfast",
@@ -115,13 +100,13 @@ def test_a_small_object_is_kept_as_with_the_gate_off(tmp_path, gate):
     # (by default a frame needs 0.5% of it changed, and more than a ball to be novel).
     rng = np.random.default_rng(3)
     scene = textured_background(height=720, width=1280)
-    ball = thing(30, 30, 30, 4)
+    ball = textured_thing(30, 30, 30, 4, spread=25.0, blur=1.2)
 
     def pictures():
         for i in range(60):
             picture = scene.copy()
             if 30 <= i < 45:
-                draw(picture, ball, 500 + 6.0 * (i - 30), 400)
+                paste(picture, ball, 500 + 6.0 * (i - 30), 400)
             yield noisy(picture, 2.5, rng)
 
     clip = encode(tmp_path / "small.mp4", pictures(), 1280, 720, "veryfast", "crf=23:vbv-maxrate=2000:vbv-bufsize=2000")

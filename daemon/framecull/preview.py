@@ -69,13 +69,14 @@ def render(frame: Frame, config: Config, measure: ChangeMeasure, decision: Decis
     vectors = frame.motion_vectors
     if moving is not None and vectors is not None and moving.size:
         s = w * zoom / vectors.width
-        x, y, dx, dy = vectors.x, vectors.y, vectors.dx, vectors.dy
-        rows = np.clip((y + vectors.records["h"] // 2) // BLOCK, 0, moving.shape[0] - 1)
-        cols = np.clip((x + vectors.records["w"] // 2) // BLOCK, 0, moving.shape[1] - 1)
+        centre_x, centre_y = vectors.records["dst_x"], vectors.records["dst_y"]  # FFmpeg gives the partition's centre
+        rows = np.minimum(centre_y // BLOCK, moving.shape[0] - 1)
+        cols = np.minimum(centre_x // BLOCK, moving.shape[1] - 1)
+        dx, dy = vectors.dx, vectors.dy
         # The content came from (x + dx, y + dy) in a past reference: it moved by -d (a future one: +d).
         sign = np.where(vectors.source < 0, -1.0, 1.0)
         for i in np.flatnonzero(moving[rows, cols]):
-            cx, cy = (x[i] + vectors.records["w"][i] / 2) * s, (y[i] + vectors.records["h"][i] / 2) * s
+            cx, cy = centre_x[i] * s, centre_y[i] * s
             tip = (int(cx + sign[i] * dx[i] * s), int(cy + sign[i] * dy[i] * s))
             cv2.arrowedLine(image, (int(cx), int(cy)), tip, MOTION, 1, cv2.LINE_AA, tipLength=0.3)
 
