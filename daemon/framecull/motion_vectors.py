@@ -48,7 +48,7 @@ class MotionVectors:
     The properties below compute per-record columns for drawing and tests; the gate reads the
     records' own columns."""
 
-    __slots__ = ("records", "width", "height")
+    __slots__ = ("records", "width", "height", "__weakref__")
 
     def __init__(self, records: np.ndarray, width: int, height: int) -> None:
         if records.dtype != RECORD:
