@@ -18,7 +18,6 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path, PurePath
 
 from framecull.config import Config
@@ -27,6 +26,7 @@ from framecull.runner import JsonlSink, Progress, Runner, Sink
 from framecull.sources import Source, SourceError, iter_frames
 from framecull.sources.folder import FolderSource
 from framecull.stills import Still, by_camera, naming_of, scan
+from framecull.store import utc_text
 
 log = logging.getLogger("framecull.replay")
 
@@ -249,7 +249,7 @@ class StillList:
         return StillList.Sink(self)
 
     def unreadable(self, file: str, still: Still, reason: str) -> None:
-        self.csv.writerow([file, still.camera, _utc(still.time), 0, "unreadable",
+        self.csv.writerow([file, still.camera, utc_text(still.time) or "", 0, "unreadable",
                            json.dumps({"reason": reason})])
 
     def close(self) -> None:
@@ -262,14 +262,9 @@ class StillList:
             self.listing = listing
 
         def write(self, d: Decision) -> None:
-            self.listing.csv.writerow([d.file, d.camera, _utc(d.timestamp), int(d.kept), d.stage,
+            self.listing.csv.writerow([d.file, d.camera, utc_text(d.timestamp) or "", int(d.kept), d.stage,
                                        json.dumps(d.scores, separators=(",", ":"))])
 
         def close(self) -> None:
             pass
 
-
-def _utc(timestamp: float | None) -> str:
-    if timestamp is None:
-        return ""
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")

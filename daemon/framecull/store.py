@@ -52,6 +52,15 @@ FRAME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_(?P<day>\d{8})T\d{6}\.\d{6
                         r"\.(jpg|jpeg|png|bmp|tif|tiff|webp|json)$")
 
 
+
+def utc_text(when: datetime | float | None) -> str | None:
+    """A time as sidecars, --list files and the status file write it: ISO 8601, UTC, with a Z."""
+    if when is None:
+        return None
+    if not isinstance(when, datetime):
+        when = datetime.fromtimestamp(when, timezone.utc)
+    return when.isoformat().replace("+00:00", "Z")
+
 class StoreError(Exception):
     """A kept frame could not be written (disk full, read-only, not encodable); the cause is chained."""
 
@@ -230,7 +239,7 @@ class Store:
                 jpeg = jpeg.tobytes()
             sidecar = json.dumps({
                 "camera": self.camera,
-                "time": when.isoformat().replace("+00:00", "Z"),
+                "time": utc_text(when),
                 "timestamp": frame.timestamp,
                 "index": frame.index,
                 "image": image_path.name,

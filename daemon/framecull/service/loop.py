@@ -47,7 +47,8 @@ from framecull.runner import Runner
 from framecull.service.feeder import END, Feeder, open_camera
 from framecull.service.logs import KeptLog, setup_logging
 from framecull.service.notify import Watchdog, notify
-from framecull.service.status import Tally, start_metrics, utc, write_status
+from framecull.service.status import Tally, start_metrics, write_status
+from framecull.store import utc_text
 
 log = logging.getLogger("framecull.service")
 
@@ -246,8 +247,8 @@ class Service:
             "camera": self.config.camera,
             "pid": os.getpid(),
             "config": str(self.config_path),
-            "started": utc(self.started),
-            "updated": utc(time.time()),
+            "started": utc_text(self.started),
+            "updated": utc_text(time.time()),
             "ready": self._ready,
             "frames_in": self.frames_in,
             "kept": self.tally.kept,
@@ -255,7 +256,7 @@ class Service:
             "lost": self.lost,
             "lost_not_written": self.not_written,
             "lost_not_remembered": self.not_remembered,
-            "last_kept": utc(self.tally.last_kept),
+            "last_kept": utc_text(self.tally.last_kept),
             "reloads": self.reloads,
             "thresholds": {"change": self.config.gates.change.threshold,
                            "min_changed": self.config.gates.change.min_changed,

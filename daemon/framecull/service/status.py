@@ -19,10 +19,6 @@ LAST_DECISIONS = 20  # decisions kept in status.json
 STATUS_FILE = "status.json"
 
 
-def utc(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 class Tally:
     """A sink that counts decisions (kept, dropped by stage) and keeps the last few, across reloads."""
 

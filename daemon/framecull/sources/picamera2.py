@@ -22,7 +22,6 @@ from collections import OrderedDict
 from typing import Iterator
 
 import av
-import numpy as np
 
 from framecull.config import SourceConfig
 from framecull.frame import Frame, analysis_plane
