@@ -103,6 +103,22 @@ def test_budgets_cap_kept_frames_per_rolling_hour(tmp_path):
     assert runner.dropped["budget"] == 200 - len(kept)
 
 
+def test_budgets_count_the_frames_kept_before_a_reload_or_a_restart(tmp_path):
+    """The same candidates, judged by one runner, or by two in turn on one store (a reload, or a
+    restart where the frame clock starts again from zero): the same frames are kept."""
+    cfg = config(pacing={"min_interval": 0}, budget={"max_per_hour": 3})
+    candidates = frames(200, fps=1 / 60)  # a candidate a minute
+    whole, _ = run(cfg, [Scripted("change", passing=range(200))], candidates, tmp_path / "one", write=True)
+    before, _ = run(cfg, [Scripted("change", passing=range(200))], candidates[:10], tmp_path / "two", write=True)
+    restarted = [Frame(f.index, f.timestamp, f.gray, image=f.image, clock=f.timestamp - candidates[10].timestamp)
+                 for f in candidates[10:]]
+    after, _ = run(cfg, [Scripted("change", passing=range(200))], restarted, tmp_path / "two", write=True)
+    kept = [d.index for d in whole if d.kept]
+    assert kept == [0, 1, 2, 60, 61, 62, 120, 121, 122, 180, 181, 182]
+    assert [d.index for d in before + after if d.kept] == kept
+    assert len(list((tmp_path / "two" / "frames").glob("*/*.jpg"))) == len(kept)
+
+
 def test_an_idle_source_closes_the_pacing_window(tmp_path):
     gate = Scripted("novelty", passing=[0], ranks={0: 1.0}, cheap=False)
     cfg = config(pacing={"min_interval": 0.2})

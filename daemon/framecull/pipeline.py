@@ -7,7 +7,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from framecull.config import BudgetConfig, Config, PacingConfig
 from framecull.frame import BadPicture, Frame
@@ -49,14 +49,27 @@ class Decision:
 
 
 class Budget:
-    """Caps on kept frames per rolling hour and rolling day (0 = no cap)."""
+    """Caps on kept frames per rolling hour and rolling day (0 = no cap), counting the frames kept
+    before this pipeline (`kept_before`: their capture times, from the store), so that a reload or
+    a restart gives no fresh allowance."""
 
-    def __init__(self, per_hour: int, per_day: int) -> None:
+    def __init__(self, per_hour: int, per_day: int, kept_before: Iterable[float] = ()) -> None:
         self.per_hour = per_hour
         self.per_day = per_day
+        self._kept_before: list[float] | None = sorted(kept_before)
         self._times: deque[float] = deque()
 
-    def allows(self, t: float) -> bool:
+    def _place_kept_before(self, frame: Frame) -> None:
+        # Placed on the frame clock by the first frame judged here. Capture times later than that
+        # frame's (a recording older than what the store holds; a clock set back) are not counted.
+        offset = frame.clock - frame.timestamp
+        self._times.extend(t + offset for t in self._kept_before if frame.timestamp - 86400 < t <= frame.timestamp)
+        self._kept_before = None
+
+    def allows(self, frame: Frame) -> bool:
+        if self._kept_before is not None:
+            self._place_kept_before(frame)
+        t = frame.clock
         while self._times and self._times[0] <= t - 86400:
             self._times.popleft()
         if self.per_day and len(self._times) >= self.per_day:
@@ -64,8 +77,8 @@ class Budget:
         last_hour = len(self._times) - bisect.bisect_right(self._times, t - 3600)
         return not (self.per_hour and last_hour >= self.per_hour)
 
-    def record(self, t: float) -> None:
-        self._times.append(t)
+    def record(self, frame: Frame) -> None:
+        self._times.append(frame.clock)
 
 
 class Pipeline:
@@ -92,11 +105,12 @@ class Pipeline:
     """
 
     def __init__(self, gates: list[Gate], pacing: PacingConfig, budget: BudgetConfig,
-                 commit: Callable[[Frame, Decision], bool]) -> None:
+                 commit: Callable[[Frame, Decision], bool], kept_before: Iterable[float] = ()) -> None:
+        """kept_before: capture times of the frames kept before (see Budget)."""
         self.gates = gates
         self.min_interval = pacing.min_interval
         self.heartbeat = pacing.heartbeat
-        self.budget = Budget(budget.max_per_hour, budget.max_per_day)
+        self.budget = Budget(budget.max_per_hour, budget.max_per_day, kept_before)
         self.commit = commit
         self._held: list[Decision] = []
         self._window_end: float | None = None
@@ -167,14 +181,14 @@ class Pipeline:
         return decision, rank
 
     def _keep(self, frame: Frame, decision: Decision) -> None:
-        if not self.budget.allows(frame.clock):
+        if not self.budget.allows(frame):
             decision.stage = "budget"
             return
         if not self.commit(frame, decision):
             return
         decision.kept = True
         self._last_kept = frame.clock
-        self.budget.record(frame.clock)
+        self.budget.record(frame)
 
     def save(self) -> None:
         """Save what the gates hold on disk (the novelty memory's index), without closing."""

@@ -36,7 +36,7 @@ from framecull.config import Config
 from framecull.frame import Frame
 from framecull.gates import Gate
 from framecull.pipeline import Decision, Pipeline, build_gates
-from framecull.store import Store, StoreError
+from framecull.store import Store, StoreError, capture_time
 
 log = logging.getLogger("framecull.runner")
 
@@ -69,7 +69,10 @@ class Runner:
             if self.store is not None:
                 self.store.close()  # its lock on the root
             raise
-        self.pipeline = Pipeline(gates, config.pacing, config.budget, self._commit)
+        images = self.store.images() if self.store is not None else []
+        budgets = config.budget.max_per_hour or config.budget.max_per_day
+        self.pipeline = Pipeline(gates, config.pacing, config.budget, self._commit,
+                                 kept_before=[capture_time(p) for p in images] if budgets else ())
         self.frames_in = 0
         self.kept = 0
         self.dropped: Counter = Counter()  # stage -> frames that ended there without being kept
@@ -81,7 +84,7 @@ class Runner:
         self._last_error: dict[str, float] = {}
         self._closed = False
         if self.store is not None:
-            self._reconcile()
+            self._reconcile(images)
 
     @property
     def lost(self) -> int:
@@ -186,8 +189,7 @@ class Runner:
                 self._error("memory", f"kept frame {path or frame.index} not remembered "
                                       f"({self.not_remembered} so far): {exc}")
 
-    def _reconcile(self) -> None:
-        images = self.store.images()
+    def _reconcile(self, images: list[Path]) -> None:
         for gate in self.pipeline.gates:
             for image in gate.forgotten(images):
                 frame = self.store.load(image, self.config.source.analysis_width)
