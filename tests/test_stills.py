@@ -290,3 +290,19 @@ def test_a_dusk_ramp_is_one_new_light_a_stop_on_not_one_every_20_percent(tmp_pat
     assert gains[kept[1]] < 0.5 <= gains[kept[1] - 1]
     judged = [d for d in decisions if d["stage"] == "novelty"]
     assert len(judged) >= 5  # the change gate passed every other still as a new light: the novelty gate decided
+
+
+def test_the_light_field_of_two_stills_is_the_same_either_way_round():
+    """A ratio of light is one value, whichever still is the reference: the field of (a, b) is
+    minus the field of (b, a), but for a rare tie of its 8-bit codes (1/32 of a natural log a step).
+    Truncated codes made every value a step apart, a bias of 3% one way."""
+    from framecull.thumbnails import light_field
+
+    rng = np.random.default_rng(3)
+    day = to_bgr(textured_background(height=90, width=160), rng)
+    pools = np.linspace(0.3, 1.6, 160, dtype=np.float32)[None, :, None]  # light falling off to one side
+    dusk = np.clip(day.astype(np.float32) * pools, 0, 255).astype(np.uint8)
+    forward, backward = light_field(day, dusk), light_field(dusk, day)
+    assert np.abs(forward).max() > 0.5  # a real change of light, up to ~half a stop and more
+    asymmetry = np.abs(forward + backward)
+    assert asymmetry.max() <= 1 / 32 + 1e-6 and asymmetry.mean() < 1 / 3200

@@ -120,7 +120,7 @@ def light_field(picture: np.ndarray, reference: np.ndarray) -> np.ndarray:
     size = max(3, round(LIGHT_WINDOW * picture.shape[1]) | 1)
     ratio = np.log(np.maximum(reference.astype(np.float32), DARKEST_MEAN)
                    / np.maximum(picture.astype(np.float32), DARKEST_MEAN))
-    code = np.clip(128.0 + _LOG_SCALE * ratio, 0, 255).astype(np.uint8)
+    code = np.clip(128.5 + _LOG_SCALE * ratio, 0, 255).astype(np.uint8)  # rounded: the same field both ways
     smooth = cv2.GaussianBlur(cv2.medianBlur(code, size), (size, size), 0).astype(np.float32)
     return (smooth - 128.0) / _LOG_SCALE
 
