@@ -76,6 +76,15 @@ def test_add_records_metadata(tmp_path):
                     (second, 101.0, "frames/b.jpg", DIM * 2, SHA, pytest.approx(0.07), first, pytest.approx(0.3))]
 
 
+def test_kept_times_are_the_last_days_before_the_newest(tmp_path):
+    day = 86400.0
+    with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:
+        assert memory.kept_times(2) == []
+        fill(memory, unit_vectors(4), times=[10 * day, 12 * day, 13.5 * day, 14 * day])
+        assert sorted(memory.kept_times(2)) == [13.5 * day, 14 * day]
+        assert len(memory.kept_times(5)) == 4
+
+
 def test_reopen_loads_saved_index(tmp_path, caplog):
     vectors = unit_vectors(40)
     with Memory(tmp_path, SHA, DIM, CAPACITY, FOREVER) as memory:

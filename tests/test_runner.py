@@ -14,6 +14,7 @@ from conftest import fill
 from framecull.config import Config
 from framecull.frame import Frame
 from framecull.gates import Gate, Verdict
+from framecull.memory import Memory
 from framecull.runner import Collect, Runner
 
 
@@ -117,6 +118,57 @@ def test_budgets_count_the_frames_kept_before_a_reload_or_a_restart(tmp_path):
     assert kept == [0, 1, 2, 60, 61, 62, 120, 121, 122, 180, 181, 182]
     assert [d.index for d in before + after if d.kept] == kept
     assert len(list((tmp_path / "two" / "frames").glob("*/*.jpg"))) == len(kept)
+
+
+class Remembering(Scripted):
+    """A gate that remembers the frames kept in a real Memory, as the novelty gate does."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__("novelty", passing=range(1000), cheap=False)
+        self.memory = Memory(root, "a" * 64, 4, 100_000, 0.0)
+
+    def on_kept(self, frame: Frame, path: str | None) -> None:
+        self.memory.add(np.ones(4, np.float32), frame.timestamp, str(path), 0.05, None)
+
+    def kept_times(self, days: float) -> list[float]:
+        return self.memory.kept_times(days)
+
+    def close(self) -> None:
+        self.memory.close()
+
+
+def test_budgets_count_what_the_memory_remembers_after_the_server_pulled_the_frames(tmp_path):
+    cfg = config(pacing={"min_interval": 0}, budget={"max_per_hour": 3})
+    candidates = frames(20, fps=1 / 60)
+    before, _ = run(cfg, [Remembering(tmp_path)], candidates[:10], tmp_path, write=True)
+    for image in (tmp_path / "frames").glob("*/*"):  # rsync --remove-source-files
+        image.unlink()
+    after, _ = run(cfg, [Remembering(tmp_path)], candidates[10:], tmp_path, write=True)
+    assert [d.index for d in before + after if d.kept] == [0, 1, 2]
+    assert {d.stage for d in after} == {"budget"}
+
+
+def test_budgets_after_a_restart_with_the_clock_set_back(tmp_path):
+    """A Pi without a clock restores the time it last saved: frames stored "later" than the new
+    frames still count (as if kept now), never a fresh allowance."""
+    cfg = config(pacing={"min_interval": 0}, budget={"max_per_hour": 3})
+    before, _ = run(cfg, [Scripted("change", passing=range(100))], frames(10, fps=1 / 60), tmp_path, write=True)
+    set_back = frames(10, fps=1 / 60, start=1_700_000_000.0 + 9 * 60 - 600)  # 10 minutes back
+    after, _ = run(cfg, [Scripted("change", passing=range(100))], set_back, tmp_path, write=True)
+    assert [d.index for d in before if d.kept] == [0, 1, 2]
+    assert [d.index for d in after if d.kept] == []
+
+
+def test_a_name_framecull_cannot_have_written_is_left_alone(tmp_path):
+    day = tmp_path / "frames" / "2026-13-01"
+    day.mkdir(parents=True)
+    odd = [day / "cam1_20261301T000000.000000Z_000001.jpg", day / "cam1_20261301T000000.000000Z_000001.json"]
+    for path in odd:
+        path.write_bytes(b"not framecull's")
+    cfg = config(pacing={"min_interval": 0}, budget={"max_per_hour": 3})
+    decisions, _ = run(cfg, [Scripted("change", passing=range(5))], frames(5, fps=1 / 60), tmp_path, write=True)
+    assert [d.index for d in decisions if d.kept] == [0, 1, 2]
+    assert all(path.read_bytes() == b"not framecull's" for path in odd)
 
 
 def test_an_idle_source_closes_the_pacing_window(tmp_path):

@@ -360,6 +360,12 @@ class Memory:
                         "remembering them): remembering them now", self.root, len(missing))
         return missing
 
+    def kept_times(self, days: float) -> list[float]:
+        """Capture times of the frames remembered, from `days` before the newest one."""
+        rows = self._db.execute("SELECT time FROM kept WHERE time > (SELECT MAX(time) FROM kept) - ?",
+                                (days * 86400.0,))
+        return [row[0] for row in rows]
+
     def get_vectors(self, ids: Iterable[int]) -> np.ndarray:
         """float32 [len(ids), dim] from SQLite, in the order given; KeyError for an unknown id."""
         ids = [int(i) for i in ids]

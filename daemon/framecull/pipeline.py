@@ -60,10 +60,11 @@ class Budget:
         self._times: deque[float] = deque()
 
     def _place_kept_before(self, frame: Frame) -> None:
-        # Placed on the frame clock by the first frame judged here. Capture times later than that
-        # frame's (a recording older than what the store holds; a clock set back) are not counted.
-        offset = frame.clock - frame.timestamp
-        self._times.extend(t + offset for t in self._kept_before if frame.timestamp - 86400 < t <= frame.timestamp)
+        # Placed on the frame clock by the first frame judged here. Capture times up to a day later
+        # than that frame's (a clock set back at boot: a Pi without a clock restores the time it
+        # last saved) count as that frame's: never a fresh allowance, at worst a stricter one.
+        now, offset = frame.timestamp, frame.clock - frame.timestamp
+        self._times.extend(min(t, now) + offset for t in self._kept_before if now - 86400 < t <= now + 86400)
         self._kept_before = None
 
     def allows(self, frame: Frame) -> bool:

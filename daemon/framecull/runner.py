@@ -41,6 +41,7 @@ from framecull.store import Store, StoreError, capture_time
 log = logging.getLogger("framecull.runner")
 
 ERROR_EVERY = 60.0  # seconds between two log lines about the same kind of storage error
+BUDGET_DAYS = 2.0  # kept frames read back for the budgets: their rolling day, and a day of clock error
 
 
 class Sink(Protocol):
@@ -65,14 +66,14 @@ class Runner:
         self.store = Store.from_config(config, self.root) if write else None
         try:
             gates = build_gates(config, self.root) if gates is None else gates
+            images = self.store.images() if self.store is not None else []
         except BaseException:
             if self.store is not None:
                 self.store.close()  # its lock on the root
             raise
-        images = self.store.images() if self.store is not None else []
         budgets = config.budget.max_per_hour or config.budget.max_per_day
         self.pipeline = Pipeline(gates, config.pacing, config.budget, self._commit,
-                                 kept_before=[capture_time(p) for p in images] if budgets else ())
+                                 kept_before=kept_before(gates, images) if budgets else ())
         self.frames_in = 0
         self.kept = 0
         self.dropped: Counter = Counter()  # stage -> frames that ended there without being kept
@@ -202,6 +203,25 @@ class Runner:
         if now - self._last_error.get(kind, -ERROR_EVERY) >= ERROR_EVERY:
             self._last_error[kind] = now
             log.error(message, extra={"STAGE": kind})
+
+
+def kept_before(gates: list[Gate], images: list[Path]) -> list[float]:
+    """Capture times of the frames kept in the last days, for the budgets: as the memory remembers
+    them (frames pulled away by the server or deleted by max_bytes stay there), else from the names
+    of the frames in the store (newest first, up to two days before the newest)."""
+    for gate in gates:
+        times = gate.kept_times(BUDGET_DAYS)
+        if times is not None:
+            return times
+    times: list[float] = []
+    for image in reversed(images):
+        t = capture_time(image)
+        if t is None:
+            continue
+        if times and t < times[0] - BUDGET_DAYS * 86400:
+            break
+        times.append(t)
+    return times
 
 
 # --- sinks ------------------------------------------------------------------------------------

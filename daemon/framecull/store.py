@@ -48,15 +48,20 @@ log = logging.getLogger("framecull.store")
 LOCK_FILE = "framecull.lock"
 # <camera>_<UTC time>_<seq>.jpg: the only images max_bytes may delete (a kept still is stored as
 # the file it was, so it keeps its own suffix)
-FRAME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_(?P<time>(?P<day>\d{8})T\d{6}\.\d{6})Z_\d{6,}"
+FRAME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_(?P<time>(?P<day>\d{4}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01]))"
+                        r"T([01]\d|2[0-3])[0-5]\d[0-5]\d\.\d{6})Z_\d{6,}"
                         r"\.(jpg|jpeg|png|bmp|tif|tiff|webp|json)$")
 
 
 
-def capture_time(image: Path) -> float:
-    """The capture time (seconds since the epoch) in the name of a stored frame (FRAME_NAME)."""
-    when = datetime.strptime(FRAME_NAME.match(image.name)["time"], "%Y%m%dT%H%M%S.%f")
-    return when.replace(tzinfo=timezone.utc).timestamp()
+def capture_time(image: Path) -> float | None:
+    """The capture time (seconds since the epoch) in the name of a stored frame (FRAME_NAME); None
+    when the name is not one (or its date does not exist: 30 February)."""
+    match = FRAME_NAME.match(image.name)
+    try:
+        return datetime.strptime(match["time"], "%Y%m%dT%H%M%S.%f").replace(tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def utc_text(when: datetime | float | None) -> str | None:

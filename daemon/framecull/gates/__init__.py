@@ -45,6 +45,11 @@ class Gate:
         on_kept and was not. A gate that remembers nothing forgets nothing."""
         return []
 
+    def kept_times(self, days: float) -> list[float] | None:
+        """Capture times of the frames kept in the `days` before the newest one, as this gate
+        remembers them; None: it remembers none."""
+        return None
+
     def save(self) -> None:
         pass
 

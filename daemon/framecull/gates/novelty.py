@@ -268,6 +268,9 @@ class NoveltyGate(Gate):
         by_file = {self._relative(str(p)): p for p in images}
         return [by_file[f] for f in self.memory.forgotten(list(by_file))]
 
+    def kept_times(self, days: float) -> list[float]:
+        return self.memory.kept_times(days)
+
     def _relative(self, path: str | None) -> str:
         """The image path relative to the memory's root (the store root), as the memory records it."""
         if not path:
