@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import av
@@ -76,3 +77,13 @@ def encode_video(path: Path, images, fps: int = 10, codec: str = "libx264", gop:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def parked_lot_stills(folder, pictures: list[np.ndarray]) -> None:
+    """The pictures as PNG stills of camera c1, 3 minutes apart, each with fresh sensor noise."""
+    rng = np.random.default_rng(5)
+    start = datetime(2021, 3, 27, 10, 0, 0)
+    for i, picture in enumerate(pictures):
+        noisy = np.clip(picture + rng.normal(0, 2.0, picture.shape[:2])[..., None], 0, 255).astype(np.uint8)
+        name = f"c1_{(start + timedelta(minutes=3 * i)).strftime('%Y_%m_%d__%H_%M_%S')}.png"
+        assert cv2.imwrite(str(folder / name), noisy)

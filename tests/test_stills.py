@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import cv2
 import numpy as np
@@ -23,7 +23,7 @@ from framecull.sources import open_source
 from framecull.sources.folder import FolderSource
 from framecull.sources.synthetic import BAY_CENTRES, CAR_COLOURS, REST_Y, draw_car, parking_lot
 from framecull.stills import Naming, by_camera, scan, time_from_name
-from scenes import textured_background, to_bgr, with_car
+from scenes import parked_lot_stills, textured_background, to_bgr, with_car
 
 T = datetime(2023, 6, 13, 3, 11, 46, tzinfo=timezone.utc).timestamp()
 
@@ -174,16 +174,6 @@ def test_a_change_of_size_is_compared_at_the_analysis_size():
     small = cv2.resize(to_bgr(scene, rng), (640, 360), interpolation=cv2.INTER_AREA)
     verdict = judge_pair(large, small, gap=180)
     assert not verdict.passed and "first" not in verdict.scores
-
-
-def parked_lot_stills(folder, pictures: list[np.ndarray]) -> None:
-    """The pictures as PNG stills of camera c1, 3 minutes apart, each with fresh sensor noise."""
-    rng = np.random.default_rng(5)
-    start = datetime(2021, 3, 27, 10, 0, 0)
-    for i, picture in enumerate(pictures):
-        noisy = np.clip(picture + rng.normal(0, 2.0, picture.shape[:2])[..., None], 0, 255).astype(np.uint8)
-        name = f"c1_{(start + timedelta(minutes=3 * i)).strftime('%Y_%m_%d__%H_%M_%S')}.png"
-        assert cv2.imwrite(str(folder / name), noisy)
 
 
 def test_a_car_parked_in_one_bay_between_stills_is_kept_and_a_repeat_with_fresh_noise_is_not(tmp_path):

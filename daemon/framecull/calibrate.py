@@ -50,6 +50,7 @@ class Recording:
     # (index, timestamp, changed, passes regardless (first frame, light step), mean grey level)
     candidates: list[tuple[int, float, float, bool, float]] = field(default_factory=list)
     vectors: dict[int, np.ndarray] = field(default_factory=dict)  # their embeddings, by index
+    thumbs: dict[int, bytes] = field(default_factory=dict)  # their thumbnails (stills are compared by them)
     embedder: object = None  # the configured model (its identity and grid)
 
     @property
@@ -68,6 +69,7 @@ def record(config: Config, source: Source) -> Recording:
     from framecull.gates.change import ChangeGate
     from framecull.gates.motion import MotionVectorGate
     from framecull.gates.novelty import load_embedder
+    from framecull.thumbnails import thumbnail
 
     mv, cc = config.gates.motion_vectors, config.gates.change
     motion = MotionVectorGate(mv, config.regions) if mv.enabled else None
@@ -89,6 +91,7 @@ def record(config: Config, source: Source) -> Recording:
             if forced or score >= floor:
                 rec.candidates.append((frame.index, frame.timestamp, score, forced, float(frame.gray.mean())))
                 rec.vectors[frame.index] = embedder.embed(frame.picture(embedder.width, embedder.height))
+                rec.thumbs[frame.index] = thumbnail(frame.image)
     finally:
         source.close()
     rec.frames = len(times)
@@ -113,8 +116,7 @@ class _Replayed(Gate):
 
 
 class _Cached:
-    """An embedder that returns the recorded embedding of a frame (its `image` and its `picture`
-    are its index)."""
+    """An embedder that returns the recorded embedding of a frame (its `picture` is its index)."""
 
     def __init__(self, embedder, vectors: dict[int, np.ndarray]) -> None:
         self.sha256, self.dim, self.grid = embedder.sha256, embedder.dim, embedder.grid
@@ -128,6 +130,7 @@ class _Cached:
 def simulate(rec: Recording, scale: float = 1.0, min_changed: float | None = None) -> list[Decision]:
     """The candidates' decisions at the novelty thresholds times `scale` and at `min_changed`."""
     from framecull.gates.novelty import NoveltyGate, open_memory
+    from framecull.thumbnails import StillsComparison, decode
 
     config = rec.config
     nov = config.gates.novelty
@@ -141,8 +144,11 @@ def simulate(rec: Recording, scale: float = 1.0, min_changed: float | None = Non
     with tempfile.TemporaryDirectory(prefix="framecull-calibrate-") as root:
         gates = [_Replayed(scores, min_changed)]
         if nov.enabled:
-            gates.append(NoveltyGate(cfg, config.lighting, embedder, open_memory(nov, embedder, Path(root))))
-        frames = (Frame(i, t, gray=np.array([[light]], np.float32), image=i, load_picture=lambda w, h, i=i: i)
+            gates.append(NoveltyGate(cfg, config.lighting, embedder, open_memory(nov, embedder, Path(root)),
+                                     StillsComparison(config.gates.change, config.regions)))
+        # The image is the recorded thumbnail: all the gate makes of a picture beside its embedding.
+        frames = (Frame(i, t, gray=np.array([[light]], np.float32), load_image=lambda i=i: decode(rec.thumbs[i]),
+                        load_picture=lambda w, h, i=i: i)
                   for i, t, _, _, light in rec.candidates)
         decisions = Collect()
         with Runner(config, Path(root), write=False, sinks=[decisions], gates=gates) as runner:
