@@ -5,7 +5,6 @@ frames full of sensor noise die in it, and nothing the rest of the pipeline keep
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 

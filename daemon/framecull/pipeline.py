@@ -50,8 +50,8 @@ class Decision:
 
 class Budget:
     """Caps on kept frames per rolling hour and rolling day (0 = no cap), counting the frames kept
-    before this pipeline (`kept_before`: their capture times, from the store), so that a reload or
-    a restart gives no fresh allowance."""
+    before this pipeline (`kept_before`: their capture times, from the memory or the store; see
+    framecull.runner.kept_before), so that a reload or a restart gives no fresh allowance."""
 
     def __init__(self, per_hour: int, per_day: int, kept_before: Iterable[float] = ()) -> None:
         self.per_hour = per_hour

@@ -53,7 +53,6 @@ FRAME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*_(?P<time>(?P<day>\d{4}(0[1
                         r"\.(jpg|jpeg|png|bmp|tif|tiff|webp|json)$")
 
 
-
 def capture_time(image: Path) -> float | None:
     """The capture time (seconds since the epoch) in the name of a stored frame (FRAME_NAME); None
     when the name is not one (or its date does not exist: 30 February)."""
@@ -71,6 +70,7 @@ def utc_text(when: datetime | float | None) -> str | None:
     if not isinstance(when, datetime):
         when = datetime.fromtimestamp(when, timezone.utc)
     return when.isoformat().replace("+00:00", "Z")
+
 
 class StoreError(Exception):
     """A kept frame could not be written (disk full, read-only, not encodable); the cause is chained."""
